@@ -1,0 +1,70 @@
+"""Portail des supports: the documents of an online event week, behind one shared password."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import errors, i18n, security, uploads
+from .config import load_settings
+from .extensions import babel, csrf, db, limiter, login_manager, migrate
+from .storage import storage_from_setting
+
+PACKAGE_DIR = Path(__file__).parent
+
+
+def _templates_dir() -> str:
+    # Installed wheels carry the templates inside the package; a checkout has them at the root.
+    inside = PACKAGE_DIR / "templates"
+    return str(inside if inside.is_dir() else PACKAGE_DIR.parent / "templates")
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the portal's WSGI application."""
+    app = Flask(__name__, template_folder=_templates_dir(), instance_relative_config=False)
+    app.config.update(load_settings(test_config))
+    app.config.setdefault("PERMANENT_SESSION_LIFETIME", dt.timedelta(days=7))
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", False)
+    app.instance_path = app.config["INSTANCE_DIR"]
+
+    if app.config["PROXY_FIX"]:
+        hops = app.config["PROXY_FIX"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
+    else:
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+
+    # The request guard (body limit, /manage gate, CSRF) must run before any other hook.
+    security.init_app(app)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PACKAGE_DIR / "migrations"))
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    babel.init_app(
+        app,
+        locale_selector=i18n.select_locale,
+        default_translation_directories=str(PACKAGE_DIR / "translations"),
+    )
+    limiter.init_app(app)
+    i18n.init_app(app)
+    uploads.init_app(app)
+    app.extensions["portal.storage"] = storage_from_setting(app.config["STORAGE"])
+
+    from . import database, views
+
+    database.init_app(app)
+    views.init_app(app)
+    errors.init_app(app)
+
+    from .cli import register_commands
+
+    register_commands(app)
+    return app

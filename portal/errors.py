@@ -1,0 +1,75 @@
+"""Error pages: the portal's own, in the visitor's language, never a traceback."""
+
+from __future__ import annotations
+
+from flask import Flask, g, render_template
+from flask.typing import ResponseReturnValue
+from flask_babel import lazy_gettext as _l
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from .extensions import db
+
+MESSAGES = {
+    400: (_l("Bad request"), _l("The form could not be read. Reload the page and try again.")),
+    401: (_l("Not signed in"), _l("You need to sign in to see this page.")),
+    403: (_l("Access refused"), _l("You are not allowed to see this page.")),
+    404: (_l("Page not found"), _l("This page or document does not exist, or no longer.")),
+    405: (_l("Method not allowed"), _l("This address does not accept this kind of request.")),
+    413: (
+        _l("Too large"),
+        _l("What you sent is larger than the portal accepts."),
+    ),
+    429: (
+        _l("Too many attempts"),
+        _l("Too many wrong attempts from your connection. Wait a minute, then try again."),
+    ),
+    500: (_l("Something went wrong"), _l("The portal could not answer. Try again in a moment.")),
+    503: (
+        _l("Temporarily unavailable"),
+        _l("The portal or this document is temporarily unavailable. Try again in a moment."),
+    ),
+}
+
+
+def render_error(code: int, detail: str | None = None) -> ResponseReturnValue:
+    """Render the error page for ``code``."""
+    title, message = MESSAGES.get(code, MESSAGES[500])
+    if code == 400 and detail:
+        message = detail
+    return render_template("errors/error.html", code=code, title=title, message=message), code
+
+
+def _http_error(error: HTTPException) -> ResponseReturnValue:
+    code = error.code or 500
+    if code == 400 and "CSRF" in (error.description or ""):
+        detail = str(
+            _l("The form has expired or did not come from this portal. Reload the page and retry.")
+        )
+        return render_error(400, detail)
+    body, status = render_error(code if code in MESSAGES else 500)
+    headers = {}
+    if getattr(error, "valid_methods", None):
+        headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+    return body, status, headers
+
+
+def _database_error(error: Exception) -> ResponseReturnValue:
+    db.session.rollback()
+    g.database_down = True
+    return render_error(503)
+
+
+def _unexpected(error: InternalServerError) -> ResponseReturnValue:
+    original = getattr(error, "original_exception", None)
+    if isinstance(original, OperationalError | DBAPIError):
+        return _database_error(original)
+    return render_error(500)
+
+
+def init_app(app: Flask) -> None:
+    """Register the error handlers."""
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(OperationalError, _database_error)
+    app.register_error_handler(DBAPIError, _database_error)
+    app.register_error_handler(InternalServerError, _unexpected)

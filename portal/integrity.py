@@ -1,0 +1,101 @@
+"""``portal check``: every document's file present, whole and unchanged; no stray files."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from .extensions import db
+from .models import Document
+from .storage import STALE_AFTER_SECONDS, StorageError, StoredObject
+
+
+@dataclass
+class Report:
+    """What ``portal check`` found."""
+
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    orphans: list[StoredObject] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Return the report as lines for a terminal."""
+        out = [*self.problems]
+        for orphan in self.orphans:
+            kind = "temporary file" if orphan.temporary else "orphan file"
+            out.append(f"{kind}: {orphan.key} ({orphan.size} bytes), no document points to it")
+        out.extend(f"moved to quarantine: {target}" for target in self.quarantined)
+        status = "ok" if not (self.problems or self.orphans) else "problems found"
+        out.append(
+            f"{status}: {self.checked} documents checked, {len(self.problems)} damaged or"
+            f" missing, {len(self.orphans)} orphan files"
+        )
+        return out
+
+    def healthy(self, repaired: bool = False) -> bool:
+        """Say whether nothing is wrong (orphans moved by ``--repair`` no longer count)."""
+        orphans_left = len(self.orphans) - (len(self.quarantined) if repaired else 0)
+        return not self.problems and orphans_left == 0
+
+
+def _sha256(storage, key: str) -> str:  # type: ignore[no-untyped-def]
+    digest = hashlib.sha256()
+    with storage.open(key) as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_storage(repair: bool = False) -> Report:
+    """Compare every document with its stored file and find files no document points to."""
+    storage = current_app.extensions["portal.storage"]
+    storage.check()
+    report = Report()
+    # List the files first: an upload finishing meanwhile then looks complete, not orphaned.
+    objects = list(storage.objects())
+    known: set[str] = set()
+    for document in db.session.scalars(db.select(Document).order_by(Document.id)):
+        report.checked += 1
+        known.add(document.storage_key)
+        label = f"document {document.id} ({document.original_name!r})"
+        size = storage.size(document.storage_key)
+        if size is None:
+            report.problems.append(f"missing file: {label}, key {document.storage_key}")
+        elif size != document.size:
+            report.problems.append(
+                f"wrong size: {label}: {size} bytes stored, {document.size} recorded"
+            )
+        else:
+            try:
+                digest = _sha256(storage, document.storage_key)
+            except StorageError as error:
+                report.problems.append(f"unreadable file: {label}: {error}")
+                continue
+            if digest != document.sha256:
+                report.problems.append(f"checksum mismatch: {label}")
+    stale = time.time() - STALE_AFTER_SECONDS
+    for obj in objects:
+        if obj.temporary:
+            if obj.modified < stale:
+                report.orphans.append(obj)
+        elif obj.key not in known:
+            report.orphans.append(obj)
+    if repair:
+        # Only files no document points to move; a document's file is never touched.
+        still_unknown = set(
+            db.session.scalars(
+                db.select(Document.storage_key).where(
+                    Document.storage_key.in_([o.key for o in report.orphans if not o.temporary])
+                )
+            )
+        )
+        for orphan in report.orphans:
+            if not orphan.temporary and orphan.key in still_unknown:
+                continue
+            report.quarantined.append(storage.quarantine(orphan))
+    db.session.rollback()
+    return report

@@ -1,0 +1,142 @@
+"""Rate-limit keys and the default limit store shared by every process of one machine."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from flask import current_app, request
+from limits.storage import MovingWindowSupport, Storage
+
+
+def client_key() -> str:
+    """Name the client by a keyed hash of its address (an IPv6 client by its /64)."""
+    raw = request.remote_addr or ""
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        network = raw
+    else:
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            network = str(mapped)
+        elif address.version == 6:
+            network = str(ipaddress.ip_network(f"{address}/64", strict=False))
+        else:
+            network = str(address)
+    secret = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(secret, network.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+class SQLiteStorage(Storage, MovingWindowSupport):
+    """A moving-window store in one SQLite file, shared by every worker process.
+
+    Flask-Limiter's ``memory://`` store is per process, so ``portal run --workers 2``
+    would allow twice the tries; Redis is the choice when several machines share the load.
+    """
+
+    STORAGE_SCHEME = ["sqlite"]
+
+    def __init__(self, uri: str, wrap_exceptions: bool = False, **options: object) -> None:
+        parsed = urlparse(uri)
+        self.path = Path(parsed.netloc + parsed.path)
+        self._local = threading.local()
+        super().__init__(uri, wrap_exceptions=wrap_exceptions)
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return sqlite3.Error
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS hits (key TEXT NOT NULL, at REAL NOT NULL,"
+                " expires REAL NOT NULL)"
+            )
+            connection.execute("CREATE INDEX IF NOT EXISTS hits_key ON hits (key, at)")
+            self._local.connection = connection
+        return connection
+
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        if amount > limit:
+            return False
+        now = time.time()
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # Forget every entry whose counting window is over: no address outlives it.
+            connection.execute("DELETE FROM hits WHERE expires < ?", (now,))
+            (count,) = connection.execute(
+                "SELECT COUNT(*) FROM hits WHERE key = ? AND at >= ?", (key, now - expiry)
+            ).fetchone()
+            if count + amount > limit:
+                connection.execute("COMMIT")
+                return False
+            connection.executemany(
+                "INSERT INTO hits (key, at, expires) VALUES (?, ?, ?)",
+                [(key, now, now + expiry)] * amount,
+            )
+            connection.execute("COMMIT")
+            return True
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        now = time.time()
+        oldest, count = (
+            self._connection()
+            .execute(
+                "SELECT MIN(at), COUNT(*) FROM hits WHERE key = ? AND at >= ?", (key, now - expiry)
+            )
+            .fetchone()
+        )
+        return (oldest if count else now), count
+
+    # Fixed-window operations, required by the interface; the portal uses moving windows.
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        now = time.time()
+        connection = self._connection()
+        connection.executemany(
+            "INSERT INTO hits (key, at, expires) VALUES (?, ?, ?)",
+            [(key, now, now + expiry)] * amount,
+        )
+        return self.get(key)
+
+    def get(self, key: str) -> int:
+        (count,) = (
+            self._connection()
+            .execute("SELECT COUNT(*) FROM hits WHERE key = ? AND expires >= ?", (key, time.time()))
+            .fetchone()
+        )
+        return count
+
+    def get_expiry(self, key: str) -> float:
+        (expires,) = (
+            self._connection()
+            .execute("SELECT MAX(expires) FROM hits WHERE key = ?", (key,))
+            .fetchone()
+        )
+        return expires or time.time()
+
+    def check(self) -> bool:
+        try:
+            self._connection().execute("SELECT 1")
+        except sqlite3.Error:
+            return False
+        return True
+
+    def reset(self) -> int | None:
+        return self._connection().execute("DELETE FROM hits").rowcount
+
+    def clear(self, key: str) -> None:
+        self._connection().execute("DELETE FROM hits WHERE key = ?", (key,))

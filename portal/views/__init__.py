@@ -1,0 +1,39 @@
+"""Blueprints, cut by audience, and what every template needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, g
+from flask_babel import get_locale
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..access import can_administer, can_manage
+from ..extensions import db
+from ..services.event import get_event
+from ..timezones import to_local
+
+
+def _template_context() -> dict[str, Any]:
+    event = None
+    if not g.get("database_down"):
+        try:
+            event = get_event()
+        except SQLAlchemyError:
+            db.session.rollback()
+    return {
+        "event": event,
+        "can_manage": can_manage,
+        "can_administer": can_administer,
+        "locale": str(get_locale() or "fr"),
+        "to_local": to_local,
+    }
+
+
+def init_app(app: Flask) -> None:
+    """Register every blueprint and the template helpers."""
+    from . import admin, auth, gate, health, manage, programme
+
+    for module in (health, gate, auth, programme, manage, admin):
+        app.register_blueprint(module.bp)
+    app.context_processor(_template_context)

@@ -1,0 +1,46 @@
+"""Facilitators' personal login."""
+
+from __future__ import annotations
+
+from flask import Blueprint, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+from flask_login import current_user, logout_user
+
+from ..access import can_manage, grant, safe_next
+from ..extensions import limiter
+from ..forms import EmptyForm, LoginForm
+from ..services.accounts import authenticate_facilitator, sign_out_everywhere
+
+bp = Blueprint("auth", __name__)
+
+
+def _failed(response) -> bool:  # type: ignore[no-untyped-def]
+    return response.status_code == 401
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit("10 per minute", deduct_when=_failed, methods=["POST"], scope="login")
+def login() -> ResponseReturnValue:
+    """Show the login form and sign a facilitator in."""
+    next_url = safe_next(request.values.get("next"), url_for("manage.index"))
+    form = LoginForm()
+    if form.validate_on_submit():
+        facilitator = authenticate_facilitator(form.email.data, form.password.data)
+        if facilitator is not None:
+            grant(facilitator)
+            return redirect(next_url, 303)
+        form.password.errors.append(_("Wrong e-mail or password."))
+        return render_template("auth/login.html", form=form, next_url=next_url), 401
+    status = 400 if request.method == "POST" else 200
+    return render_template("auth/login.html", form=form, next_url=next_url), status
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    """End the facilitator's session here and revoke copies of its cookie."""
+    form = EmptyForm()
+    if form.validate_on_submit() and can_manage(current_user):
+        sign_out_everywhere(current_user._get_current_object())
+        logout_user()
+    return redirect(url_for("auth.login"), 303)

@@ -1,0 +1,219 @@
+"""Fixtures: a fresh portal per test, on a temporary instance and storage.
+
+The suite runs on SQLite by default, and on PostgreSQL when PORTAL_TEST_DATABASE_URL is set
+(the schema is dropped and rebuilt through the migrations for every test).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from portal import create_app
+from portal.cli import initialise
+from portal.config import database_url
+from portal.extensions import db
+from portal.models import Document, Facilitator, Meeting
+from portal.services.accounts import create_facilitator, set_shared_password
+from portal.services.documents import add_document
+from portal.services.event import save_meeting
+
+SHARED_PASSWORD = "#SN2020egm"
+FACILITATOR_EMAIL = "anim@example.org"
+ADMIN_EMAIL = "admin@example.org"
+ACCOUNT_PASSWORD = "facilitator-pass"
+TEST_DATABASE_URL = (
+    database_url(os.environ["PORTAL_TEST_DATABASE_URL"], Path("."))
+    if os.environ.get("PORTAL_TEST_DATABASE_URL")
+    else None
+)
+
+CSRF_PATTERN = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+# A tiny but real PDF, PNG and JPEG header for upload tests.
+PDF_BYTES = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+JPEG_BYTES = b"\xff\xd8\xff\xe0" + b"\x00" * 64
+
+
+def _reset_postgresql(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture
+def instance_dir(tmp_path: Path) -> Path:
+    return tmp_path / "instance"
+
+
+@pytest.fixture
+def storage_dir(tmp_path: Path) -> Path:
+    return tmp_path / "uploads"
+
+
+@pytest.fixture
+def app_config(instance_dir: Path, storage_dir: Path) -> dict:
+    config = {
+        "TESTING": True,
+        "INSTANCE_DIR": str(instance_dir),
+        "STORAGE": str(storage_dir),
+        "SECRET_KEY": "test-secret-key",
+        # Cheap hashing keeps the suite fast; production uses OWASP's parameters.
+        "PASSWORD_HASH": {"time_cost": 1, "memory_cost": 8, "parallelism": 1},
+        "RATELIMIT_STORAGE_URI": f"sqlite://{instance_dir / 'ratelimit.sqlite'}",
+    }
+    if TEST_DATABASE_URL:
+        config["SQLALCHEMY_DATABASE_URI"] = TEST_DATABASE_URL
+    return config
+
+
+@pytest.fixture
+def app(app_config: dict) -> Iterator[Flask]:
+    if TEST_DATABASE_URL:
+        _reset_postgresql(TEST_DATABASE_URL)
+    application = create_app(app_config)
+    with application.app_context():
+        initialise()
+        set_shared_password(SHARED_PASSWORD)
+        create_facilitator(FACILITATOR_EMAIL, ACCOUNT_PASSWORD, name="Anim")
+        create_facilitator(ADMIN_EMAIL, ACCOUNT_PASSWORD, name="Admin", is_admin=True)
+        db.session.remove()
+    yield application
+    with application.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask):
+    return app.test_cli_runner()
+
+
+def csrf_token(client: FlaskClient, url: str = "/access") -> str:
+    """Fetch a page and return the CSRF token of its first form."""
+    response = client.get(url)
+    match = CSRF_PATTERN.search(response.get_data(as_text=True))
+    assert match, f"no CSRF token on {url} ({response.status_code})"
+    return match.group(1)
+
+
+def unlock(client: FlaskClient, password: str = SHARED_PASSWORD):
+    """Type the shared password at the gate."""
+    return client.post("/access", data={"password": password, "csrf_token": csrf_token(client)})
+
+
+def login(client: FlaskClient, email: str = FACILITATOR_EMAIL, password: str = ACCOUNT_PASSWORD):
+    """Sign a facilitator in."""
+    token = csrf_token(client, "/login")
+    return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+
+
+@pytest.fixture
+def participant(client: FlaskClient) -> FlaskClient:
+    assert unlock(client).status_code == 303
+    return client
+
+
+@pytest.fixture
+def facilitator(client: FlaskClient) -> FlaskClient:
+    assert login(client).status_code == 303
+    return client
+
+
+@pytest.fixture
+def admin(client: FlaskClient) -> FlaskClient:
+    assert login(client, ADMIN_EMAIL).status_code == 303
+    return client
+
+
+@pytest.fixture
+def make_meeting(app: Flask):
+    def make(title: str = "Temps d'échange", day: int = 21, hour: int = 10, **kwargs) -> Meeting:
+        start = dt.datetime(2020, 11, day, hour, tzinfo=dt.UTC)
+        with app.app_context():
+            meeting = save_meeting(
+                None, title=title, starts_at=start, ends_at=start + dt.timedelta(hours=2), **kwargs
+            )
+            db.session.refresh(meeting)
+            db.session.expunge(meeting)
+            return meeting
+
+    return make
+
+
+@pytest.fixture
+def make_document(app: Flask):
+    def make(
+        name: str = "support.pdf",
+        content: bytes = PDF_BYTES,
+        meeting: Meeting | None = None,
+        tags: list[str] | tuple[str, ...] = (),
+        title: str = "",
+        description: str = "",
+    ) -> Document:
+        with app.app_context():
+            owner = db.session.get(Meeting, meeting.id) if meeting else None
+            document = add_document(
+                io.BytesIO(content),
+                name,
+                meeting=owner,
+                tags=list(tags),
+                title=title,
+                description=description,
+            )
+            document_id = document.id
+            db.session.remove()
+            found = db.session.get(Document, document_id)
+            _ = found.tags
+            db.session.expunge(found)
+            return found
+
+    return make
+
+
+def count_rows(app: Flask, model: type) -> int:
+    with app.app_context():
+        return db.session.scalar(db.select(db.func.count()).select_from(model))
+
+
+def stored_files(storage_dir: Path) -> list[str]:
+    """Names of the stored files (temporary ones included), hidden folders aside."""
+    found = [p.name for p in storage_dir.iterdir() if p.is_file()]
+    incoming = storage_dir / ".incoming"
+    if incoming.is_dir():
+        found += [f".incoming/{p.name}" for p in incoming.iterdir()]
+    return sorted(found)
+
+
+__all__ = [
+    "ADMIN_EMAIL",
+    "ACCOUNT_PASSWORD",
+    "FACILITATOR_EMAIL",
+    "Facilitator",
+    "JPEG_BYTES",
+    "PDF_BYTES",
+    "PNG_BYTES",
+    "SHARED_PASSWORD",
+    "count_rows",
+    "csrf_token",
+    "login",
+    "stored_files",
+    "unlock",
+]
