@@ -8,6 +8,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from .access import Anonymous
 from .extensions import db
 
 MESSAGES = {
@@ -57,6 +58,8 @@ def _http_error(error: HTTPException) -> ResponseReturnValue:
 def _database_error(error: Exception) -> ResponseReturnValue:
     db.session.rollback()
     g.database_down = True
+    # The page must not ask the database who the visitor is: treat them as anonymous.
+    g._login_user = Anonymous()
     return render_error(503)
 
 

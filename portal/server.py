@@ -20,7 +20,9 @@ class PortalServer(BaseApplication):
 
     def load_config(self) -> None:
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            # Settings that this gunicorn version does not know are left out.
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
 
     def load(self) -> Flask:
         return self.application
@@ -47,5 +49,7 @@ def serve(app: Flask, *, host: str, port: int, workers: int, threads: int) -> No
             "errorlog": "-",
             "loglevel": "info",
             "proc_name": "portal",
+            # No control socket in the home folder: several portals may run on one machine.
+            "control_socket_disable": True,
         },
     ).run()
