@@ -34,7 +34,7 @@ def _make_app() -> Flask:
 
     try:
         return create_app()
-    except (SettingsError, StorageError) as error:
+    except (SettingsError, StorageError, OSError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
 

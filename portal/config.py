@@ -29,7 +29,8 @@ DEFAULT_ALLOWED_EXTENSIONS = frozenset(
 FORBIDDEN_EXTENSIONS = frozenset(
     """
     html htm xhtml xht shtml svg svgz xml xsl xslt js mjs css php phtml py sh bash
-    exe msi bat cmd com scr dll jar vbs ps1 apk app dmg hta swf
+    mht mhtml xsd rss atom
+    exe msi bat cmd com scr dll jar vbs vbe jse wsf wsh ps1 pif cpl lnk reg apk app dmg hta swf
     """.split()
 )
 
@@ -93,7 +94,12 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     instance_dir = Path(
         overrides.pop("INSTANCE_DIR", None) or env.get("PORTAL_INSTANCE_DIR") or "instance"
     ).absolute()
-    instance_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        instance_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SettingsError(
+            f"cannot create the instance folder {instance_dir}: {error.strerror}"
+        ) from None
 
     timezone = env.get("PORTAL_TIMEZONE") or "Europe/Paris"
     try:

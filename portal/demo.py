@@ -9,7 +9,7 @@ import zlib
 from zoneinfo import ZoneInfo
 
 from .extensions import db
-from .models import Meeting
+from .models import Document, Meeting
 from .services.documents import add_document
 from .services.event import get_event, save_meeting, update_event
 
@@ -146,13 +146,17 @@ def make_png(width: int = 48, height: int = 48) -> bytes:
 
 def load_demo() -> tuple[int, int]:
     """Create the eight sessions and their documents; return how many of each."""
-    if db.session.scalar(db.select(Meeting.id).limit(1)) is not None:
-        raise DemoRefused("the instance already has sessions; the demo fills only an empty one")
+    if (
+        db.session.scalar(db.select(Meeting.id).limit(1)) is not None
+        or db.session.scalar(db.select(Document.id).limit(1)) is not None
+    ):
+        raise DemoRefused("the instance is not empty; the demo fills only an empty one")
     update_event(
         title=EVENT_TITLE,
         description=EVENT_DESCRIPTION,
         starts_on=dt.date(2020, 11, 21),
         ends_on=dt.date(2020, 11, 27),
+        keep_window=True,
     )
     get_event()
     documents = 0

@@ -35,7 +35,7 @@ MESSAGES = {
 
 def render_error(code: int, detail: str | None = None) -> ResponseReturnValue:
     """Render the error page for ``code``."""
-    title, message = MESSAGES.get(code, MESSAGES[500])
+    title, message = MESSAGES.get(code, MESSAGES[400] if 400 <= code < 500 else MESSAGES[500])
     if code == 400 and detail:
         message = detail
     return render_template("errors/error.html", code=code, title=title, message=message), code
@@ -48,11 +48,10 @@ def _http_error(error: HTTPException) -> ResponseReturnValue:
             _l("The form has expired or did not come from this portal. Reload the page and retry.")
         )
         return render_error(400, detail)
-    body, status = render_error(code if code in MESSAGES else 500)
-    headers = {}
-    if getattr(error, "valid_methods", None):
-        headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
-    return body, status, headers
+    body, _ = render_error(code)
+    # Keep what the error itself says (Allow for 405, Content-Range for 416...).
+    headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
+    return body, code, headers
 
 
 def _database_error(error: Exception) -> ResponseReturnValue:

@@ -15,7 +15,7 @@ from wtforms import (
     StringField,
     TextAreaField,
 )
-from wtforms.validators import URL, DataRequired, EqualTo, Length, Optional
+from wtforms.validators import URL, DataRequired, EqualTo, Length, Optional, ValidationError
 
 DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
 
@@ -85,6 +85,15 @@ class SettingsForm(FlaskForm):
     password = PasswordField(
         _l("New shared password"), validators=[Optional(), Length(min=8, max=200)]
     )
+
+    def validate_ends_on(self, field: DateField) -> None:
+        if field.data and self.starts_on.data and field.data < self.starts_on.data:
+            raise ValidationError(_l("The last day must not come before the first day."))
+
+    def validate_access_closes(self, field: DateTimeLocalField) -> None:
+        if field.data and self.access_opens.data and field.data <= self.access_opens.data:
+            raise ValidationError(_l("The closing date must come after the opening date."))
+
     password_confirm = PasswordField(
         _l("New shared password, again"),
         validators=[EqualTo("password", message=_l("The two passwords differ."))],

@@ -39,7 +39,9 @@ def guard_request() -> Response | None:
         return redirect(
             url_for("auth.login", next=request.path), 303 if request.method == "POST" else 302
         )
-    csrf.protect()
+    if request.routing_exception is None:
+        # An unknown path or a wrong method gets its 404/405, not a CSRF error.
+        csrf.protect()
     return None
 
 

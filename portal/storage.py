@@ -216,8 +216,14 @@ class LocalStorage(Storage):
         with open(incoming.path, "rb+") as handle:
             os.fsync(handle.fileno())
         key = secrets.token_hex(16)
-        os.rename(incoming.path, self._path(key))
-        _fsync_dir(self.root)
+        target = self._path(key)
+        os.rename(incoming.path, target)
+        try:
+            _fsync_dir(self.root)
+        except OSError:
+            # Not known durable: the caller will record nothing, so keep nothing.
+            target.unlink(missing_ok=True)
+            raise
         incoming.committed = True
         return key
 

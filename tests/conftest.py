@@ -10,12 +10,14 @@ import datetime as dt
 import io
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from jinja2.bccache import Bucket, BytecodeCache
 from sqlalchemy import create_engine, text
 
 from portal import create_app
@@ -45,12 +47,68 @@ PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 JPEG_BYTES = b"\xff\xd8\xff\xe0" + b"\x00" * 64
 
 
+class MemoryBytecodeCache(BytecodeCache):
+    """Share compiled templates between the many apps of a test run (compiling is the slow part)."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        if bucket.key in self.store:
+            bucket.bytecode_from_string(self.store[bucket.key])
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        self.store[bucket.key] = bucket.bytecode_to_string()
+
+
+TEMPLATE_CACHE = MemoryBytecodeCache()
+
+
 def _reset_postgresql(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(text("DROP SCHEMA public CASCADE"))
         connection.execute(text("CREATE SCHEMA public"))
     engine.dispose()
+
+
+def _empty_postgresql(url: str) -> bool:
+    """Remove every row (the schema stays); say whether the schema was there at all."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        tables = connection.scalars(
+            text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'alembic_version'"
+            )
+        ).all()
+        if tables:
+            names = ", ".join(f'"{name}"' for name in tables)
+            connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return "documents" in tables
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """Run the migrations once: into a template SQLite file, or into the test PostgreSQL."""
+    root = tmp_path_factory.mktemp("template")
+    if TEST_DATABASE_URL:
+        _reset_postgresql(TEST_DATABASE_URL)
+    config = {
+        "TESTING": True,
+        "INSTANCE_DIR": str(root / "instance"),
+        "STORAGE": str(root / "uploads"),
+        "SECRET_KEY": "template",
+    }
+    if TEST_DATABASE_URL:
+        config["SQLALCHEMY_DATABASE_URI"] = TEST_DATABASE_URL
+    application = create_app(config)
+    with application.app_context():
+        initialise()
+        db.session.remove()
+        db.engine.dispose()
+    return None if TEST_DATABASE_URL else root / "instance" / "portal.db"
 
 
 @pytest.fixture
@@ -80,12 +138,18 @@ def app_config(instance_dir: Path, storage_dir: Path) -> dict:
 
 
 @pytest.fixture
-def app(app_config: dict) -> Iterator[Flask]:
-    if TEST_DATABASE_URL:
-        _reset_postgresql(TEST_DATABASE_URL)
+def app(app_config: dict, migrated_database: Path | None, instance_dir: Path) -> Iterator[Flask]:
+    # Tests of the command line may drop the PostgreSQL schema: migrate again then.
+    needs_schema = bool(TEST_DATABASE_URL) and not _empty_postgresql(TEST_DATABASE_URL)
+    if not TEST_DATABASE_URL:
+        instance_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_database, instance_dir / "portal.db")
     application = create_app(app_config)
+    application.jinja_env.bytecode_cache = TEMPLATE_CACHE
     with application.app_context():
-        initialise()
+        application.extensions["portal.storage"].create()
+        if needs_schema:
+            initialise()
         set_shared_password(SHARED_PASSWORD)
         create_facilitator(FACILITATOR_EMAIL, ACCOUNT_PASSWORD, name="Anim")
         create_facilitator(ADMIN_EMAIL, ACCOUNT_PASSWORD, name="Admin", is_admin=True)

@@ -18,7 +18,11 @@ DEFAULT_TITLE = "Session nationale"
 
 
 class EventError(Exception):
-    """A change to the event or its sessions that the data refuses."""
+    """A change to the event or its sessions that the data refuses; ``field`` names the culprit."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(str(message))
+        self.field = field
 
 
 def get_event() -> Event:
@@ -52,7 +56,7 @@ def _commit() -> None:
 def set_access_window(opens: dt.datetime | None, closes: dt.datetime | None) -> None:
     """Set (or clear, with None) the period during which the shared password works."""
     if opens and closes and closes <= opens:
-        raise EventError(_l("The closing date must come after the opening date."))
+        raise EventError(_l("The closing date must come after the opening date."), "access_closes")
     event = get_event()
     event.access_opens = opens
     event.access_closes = closes
@@ -60,16 +64,28 @@ def set_access_window(opens: dt.datetime | None, closes: dt.datetime | None) -> 
 
 
 def update_event(
-    *, title: str, description: str, starts_on: dt.date | None, ends_on: dt.date | None
+    *,
+    title: str,
+    description: str,
+    starts_on: dt.date | None,
+    ends_on: dt.date | None,
+    access_opens: dt.datetime | None = None,
+    access_closes: dt.datetime | None = None,
+    keep_window: bool = False,
 ) -> None:
-    """Change the event's title, description and dates."""
+    """Change the event's title, description, dates and (unless kept) its access window."""
     if starts_on and ends_on and ends_on < starts_on:
-        raise EventError(_l("The last day must not come before the first day."))
+        raise EventError(_l("The last day must not come before the first day."), "ends_on")
+    if access_opens and access_closes and access_closes <= access_opens:
+        raise EventError(_l("The closing date must come after the opening date."), "access_closes")
     event = get_event()
     event.title = title.strip()[:200] or DEFAULT_TITLE
     event.description = description.strip()
     event.starts_on = starts_on
     event.ends_on = ends_on
+    if not keep_window:
+        event.access_opens = access_opens
+        event.access_closes = access_closes
     _commit()
 
 
@@ -102,9 +118,9 @@ def save_meeting(
 ) -> Meeting:
     """Create a session (``meeting`` None) or change one; the slug is made unique."""
     if ends_at <= starts_at:
-        raise EventError(_l("The end must come after the start."))
+        raise EventError(_l("The end must come after the start."), "ends_at")
     if slug is not None and slug != slugify(slug, 80):
-        raise EventError(_l("A slug may only hold lower-case letters, digits and dashes."))
+        raise EventError(_l("A slug may only hold lower-case letters, digits and dashes."), "slug")
     creating = meeting is None
     meeting = meeting or Meeting()
     if slug:
@@ -112,7 +128,7 @@ def save_meeting(
             db.select(Meeting.id).where(Meeting.slug == slug, Meeting.id != (meeting.id or 0))
         )
         if clash:
-            raise EventError(_l("Another session already uses this slug."))
+            raise EventError(_l("Another session already uses this slug."), "slug")
         meeting.slug = slug
     elif creating:
         meeting.slug = _free_slug(title)
@@ -127,7 +143,7 @@ def save_meeting(
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
-        raise EventError(_l("Another session already uses this slug.")) from None
+        raise EventError(_l("Another session already uses this slug."), "slug") from None
     except BaseException:
         db.session.rollback()
         raise

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
-from flask import Flask, g
+from flask import Flask, g, request
 from flask_babel import get_locale
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..access import can_administer, can_manage
+from ..access import can_administer, can_manage, safe_next
 from ..extensions import db
 from ..services.event import get_event
 from ..timezones import to_local
@@ -27,7 +28,18 @@ def _template_context() -> dict[str, Any]:
         "can_administer": can_administer,
         "locale": str(get_locale() or "fr"),
         "to_local": to_local,
+        "url_in_language": url_in_language,
     }
+
+
+def url_in_language(code: str) -> str:
+    """Return the current page's address, filters kept, in the language ``code``."""
+    args = [
+        (k, v)
+        for k, v in request.args.items(multi=True)
+        if k != "lang" and (k != "next" or safe_next(v, "") == v)
+    ]
+    return f"{request.path}?{urlencode([*args, ('lang', code)])}"
 
 
 def init_app(app: Flask) -> None:

@@ -17,7 +17,7 @@ from ..services.accounts import (
     set_shared_password,
     update_facilitator,
 )
-from ..services.event import EventError, get_event, set_access_window, update_event
+from ..services.event import EventError, get_event, update_event
 from ..timezones import local_naive, to_utc
 
 bp = Blueprint("admin", __name__, url_prefix="/manage")
@@ -39,23 +39,19 @@ def settings() -> ResponseReturnValue:
                 description=form.description.data or "",
                 starts_on=form.starts_on.data,
                 ends_on=form.ends_on.data,
+                access_opens=to_utc(form.access_opens.data),
+                access_closes=to_utc(form.access_closes.data),
             )
-        except EventError as error:
-            form.ends_on.errors = [str(error)]
-        try:
-            set_access_window(to_utc(form.access_opens.data), to_utc(form.access_closes.data))
-        except EventError as error:
-            form.access_closes.errors = [str(error)]
-        if form.password.data and not form.errors:
-            try:
+            if form.password.data:
                 set_shared_password(form.password.data)
-            except AccountError as error:
-                form.password.errors = [str(error)]
-            else:
                 flash(
                     _("The shared password was changed: every participant is signed out."), "info"
                 )
-        if not form.errors:
+        except EventError as error:
+            getattr(form, error.field or "title").errors.append(str(error))
+        except AccountError as error:
+            form.password.errors.append(str(error))
+        else:
             flash(_("The settings were saved."), "success")
             return redirect(url_for("admin.settings"), 303)
     status = 400 if request.method == "POST" else 200

@@ -78,8 +78,8 @@ def upload() -> ResponseReturnValue:
                     file.filename or "",
                     meeting=meeting,
                     tags=form.tags.data or "",
-                    title=form.title.data if single else "",
-                    description=form.description.data if single else "",
+                    title=(form.title.data or "") if single else "",
+                    description=(form.description.data or "") if single else "",
                     uploaded_by=current_user._get_current_object(),
                 )
             )
@@ -182,7 +182,8 @@ def _save_meeting_from(form: MeetingForm, meeting: Meeting | None) -> Meeting | 
             meeting_url=form.meeting_url.data or "",
         )
     except EventError as error:
-        form.ends_at.errors = [*form.ends_at.errors, str(error)]
+        field = getattr(form, error.field or "ends_at")
+        field.errors = [*field.errors, str(error)]
         return None
 
 
