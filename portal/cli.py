@@ -80,15 +80,25 @@ def _read_password(from_stdin: bool, prompt: str) -> str:
     return click.prompt(prompt, hide_input=True, confirmation_prompt=True)
 
 
-def initialise() -> None:
+def initialise(create_storage: bool = True) -> None:
     """Create the storage and bring the database schema to the latest migration."""
     from flask_migrate import upgrade
 
     from .services.event import get_event
 
-    current_app.extensions["portal.storage"].create()
+    if create_storage:
+        current_app.extensions["portal.storage"].create()
     upgrade(directory=current_app.extensions["migrate"].directory)
     get_event()
+
+
+def instance_is_new() -> bool:
+    """Say whether the database has no schema yet (a new instance)."""
+    from sqlalchemy import inspect
+
+    from .extensions import db
+
+    return not inspect(db.engine).has_table("alembic_version")
 
 
 @click.command("init")
@@ -247,11 +257,25 @@ def demo_command() -> None:
 
 @click.command("check")
 @click.option("--repair", is_flag=True, help="Move orphan files into the quarantine folder.")
+@click.option(
+    "--deploy", is_flag=True, help="Check the settings for production instead of the files."
+)
 @with_appcontext
 @refusals
-def check_command(repair: bool) -> None:
+def check_command(repair: bool, deploy: bool) -> None:
     """Verify every stored file against its document; list orphans."""
     from .integrity import check_storage
+
+    if deploy:
+        from .deployment import deployment_problems
+
+        problems = deployment_problems(current_app._get_current_object())
+        for problem in problems:
+            click.echo(f"problem: {problem}")
+        click.echo("deployment: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        if problems:
+            sys.exit(1)
+        return
 
     report = check_storage(repair=repair)
     for line in report.lines():
@@ -272,8 +296,15 @@ def run_command(host: str, port: int, workers: int, threads: int) -> None:
     from .server import serve
     from .services.accounts import admin_exists, create_facilitator, set_shared_password
     from .services.event import get_event
+    from .storage import StorageError
 
-    initialise()
+    # Only a new instance gets its storage folder created: on a running installation a
+    # missing folder is a fault to repair (restore it), not something to paper over.
+    initialise(create_storage=instance_is_new())
+    try:
+        current_app.extensions["portal.storage"].check()
+    except StorageError as error:
+        click.echo(f"warning: {error}; documents cannot be served until it is restored", err=True)
     if not get_event().shared_password_hash:
         password = secrets.token_urlsafe(9)
         set_shared_password(password)
@@ -283,7 +314,10 @@ def run_command(host: str, port: int, workers: int, threads: int) -> None:
         create_facilitator(email, password, name="Admin", is_admin=True)
         click.echo(f"admin e-mail: {email}")
         click.echo(f"admin password: {password}")
-    removed = current_app.extensions["portal.storage"].remove_stale_incoming()
+    try:
+        removed = current_app.extensions["portal.storage"].remove_stale_incoming()
+    except OSError:
+        removed = 0
     if removed:
         click.echo(f"removed {removed} abandoned temporary upload file(s)")
     sys.stdout.flush()

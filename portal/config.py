@@ -95,7 +95,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         overrides.pop("INSTANCE_DIR", None) or env.get("PORTAL_INSTANCE_DIR") or "instance"
     ).absolute()
     try:
-        instance_dir.mkdir(parents=True, exist_ok=True)
+        # Private state: the database, the secret key, the rate-limit counters.
+        instance_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
         raise SettingsError(
             f"cannot create the instance folder {instance_dir}: {error.strerror}"

@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 from .access import Anonymous
 from .extensions import db
+from .storage import StorageError, StorageFull
 
 MESSAGES = {
     400: (_l("Bad request"), _l("The form could not be read. Reload the page and try again.")),
@@ -26,6 +27,10 @@ MESSAGES = {
         _l("Too many wrong attempts from your connection. Wait a minute, then try again."),
     ),
     500: (_l("Something went wrong"), _l("The portal could not answer. Try again in a moment.")),
+    507: (
+        _l("Storage full"),
+        _l("The portal has no room left for this file. Nothing was saved; tell the administrator."),
+    ),
     503: (
         _l("Temporarily unavailable"),
         _l("The portal or this document is temporarily unavailable. Try again in a moment."),
@@ -62,6 +67,10 @@ def _database_error(error: Exception) -> ResponseReturnValue:
     return render_error(503)
 
 
+def _storage_error(error: StorageError) -> ResponseReturnValue:
+    return render_error(507 if isinstance(error, StorageFull) else 503)
+
+
 def _unexpected(error: InternalServerError) -> ResponseReturnValue:
     original = getattr(error, "original_exception", None)
     if isinstance(original, OperationalError | DBAPIError):
@@ -74,4 +83,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _database_error)
     app.register_error_handler(DBAPIError, _database_error)
+    app.register_error_handler(StorageError, _storage_error)
     app.register_error_handler(InternalServerError, _unexpected)

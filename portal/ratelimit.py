@@ -11,8 +11,29 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from flask import current_app, request
+from flask import Response, current_app, request
 from limits.storage import MovingWindowSupport, Storage
+
+#: Wrong passwords allowed from one client: SPEC's 10 a minute, then 30 an hour, so that a
+#: patient attacker is slowed further while a participant who mistypes is never locked out.
+CLIENT_LIMITS = "10 per minute; 30 per hour"
+#: Wrong passwords allowed for one facilitator account, whatever the addresses they come from.
+ACCOUNT_LIMITS = "20 per hour"
+
+
+def failed_attempt(response: Response) -> bool:
+    """Count only wrong credentials (401), never a successful or refused-form request."""
+    return response.status_code == 401
+
+
+def _keyed(value: str) -> str:
+    secret = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def account_key() -> str:
+    """Name the facilitator account a login attempt is for, by a keyed hash of its e-mail."""
+    return "account:" + _keyed(request.form.get("email", "").strip().lower()[:254])
 
 
 def client_key() -> str:
@@ -30,8 +51,7 @@ def client_key() -> str:
             network = str(ipaddress.ip_network(f"{address}/64", strict=False))
         else:
             network = str(address)
-    secret = current_app.config["SECRET_KEY"].encode()
-    return hmac.new(secret, network.encode(), hashlib.sha256).hexdigest()[:32]
+    return _keyed(network)
 
 
 class SQLiteStorage(Storage, MovingWindowSupport):

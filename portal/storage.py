@@ -7,6 +7,7 @@ only then moved into place, so a stored file is always complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -27,6 +28,13 @@ STALE_AFTER_SECONDS = 3600
 
 class StorageError(Exception):
     """The storage cannot do what was asked (missing folder, disk full, bad key)."""
+
+
+class StorageFull(StorageError):
+    """No space left (or quota reached) while writing an upload."""
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,12 @@ class IncomingFile:
         return str(self.path)
 
     def write(self, data: bytes) -> int:
-        written = self._file.write(data)
+        try:
+            written = self._file.write(data)
+        except OSError as error:
+            if error.errno in _FULL_ERRNOS:
+                raise StorageFull("no space left in the storage") from error
+            raise
         self._sha256.update(data)
         self.size += len(data)
         return written
@@ -187,7 +200,8 @@ class LocalStorage(Storage):
         return f"LocalStorage({str(self.root)!r})"
 
     def create(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Only the portal's user (and its group, e.g. a web server's) may read the files.
+        self.root.mkdir(mode=0o750, parents=True, exist_ok=True)
         # Temporary uploads are private to the portal's user.
         self.temp_dir.mkdir(mode=0o700, exist_ok=True)
 
@@ -213,8 +227,13 @@ class LocalStorage(Storage):
             incoming.flush()
             incoming.close()
         # Reopen to sync: Werkzeug may already have closed the upload's handle.
-        with open(incoming.path, "rb+") as handle:
-            os.fsync(handle.fileno())
+        try:
+            with open(incoming.path, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except OSError as error:
+            if error.errno in _FULL_ERRNOS:
+                raise StorageFull("no space left in the storage") from error
+            raise
         key = secrets.token_hex(16)
         target = self._path(key)
         os.rename(incoming.path, target)

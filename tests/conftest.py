@@ -18,7 +18,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from jinja2.bccache import Bucket, BytecodeCache
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from portal import create_app
 from portal.cli import initialise
@@ -33,6 +33,34 @@ SHARED_PASSWORD = "#SN2020egm"
 FACILITATOR_EMAIL = "anim@example.org"
 ADMIN_EMAIL = "admin@example.org"
 ACCOUNT_PASSWORD = "facilitator-pass"
+
+
+def _database_per_worker() -> None:
+    """Give each pytest-xdist worker its own PostgreSQL database (``test_gw0``, ``test_gw1``...).
+
+    The environment variable is rewritten so that tests starting `portal` subprocesses use
+    the worker's database too.
+    """
+    url = os.environ.get("PORTAL_TEST_DATABASE_URL")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return
+    base = make_url(database_url(url, Path(".")))
+    name = f"{base.database}_{worker}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        exists = connection.scalar(
+            text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+        )
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    os.environ["PORTAL_TEST_DATABASE_URL"] = base.set(database=name).render_as_string(
+        hide_password=False
+    )
+
+
+_database_per_worker()
 TEST_DATABASE_URL = (
     database_url(os.environ["PORTAL_TEST_DATABASE_URL"], Path("."))
     if os.environ.get("PORTAL_TEST_DATABASE_URL")

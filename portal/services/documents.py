@@ -46,9 +46,11 @@ def incoming_from(source: FileStorage | BinaryIO) -> IncomingFile:
         raise UploadRejected(_l("The storage is not available."), 503) from error
     try:
         incoming.copy_from(stream)
-    except OSError as error:
+    except (StorageError, OSError) as error:
         storage().discard(incoming)
-        raise UploadRejected(_l("The file could not be written."), 507) from error
+        raise UploadRejected(
+            _l("The file could not be written: the storage is full or failing."), 507
+        ) from error
     return incoming
 
 
@@ -69,7 +71,9 @@ def _store(incoming: IncomingFile) -> str:
     try:
         return storage().commit(incoming)
     except (StorageError, OSError) as error:
-        raise UploadRejected(_l("The file could not be written."), 507) from error
+        raise UploadRejected(
+            _l("The file could not be written: the storage is full or failing."), 507
+        ) from error
 
 
 def add_document(

@@ -10,17 +10,21 @@ from flask_login import current_user, logout_user
 from ..access import can_manage, grant, safe_next
 from ..extensions import limiter
 from ..forms import EmptyForm, LoginForm
+from ..ratelimit import ACCOUNT_LIMITS, CLIENT_LIMITS, account_key, failed_attempt
 from ..services.accounts import authenticate_facilitator, sign_out_everywhere
 
 bp = Blueprint("auth", __name__)
 
 
-def _failed(response) -> bool:  # type: ignore[no-untyped-def]
-    return response.status_code == 401
-
-
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit("10 per minute", deduct_when=_failed, methods=["POST"], scope="login")
+@limiter.limit(CLIENT_LIMITS, deduct_when=failed_attempt, methods=["POST"], scope="login")
+@limiter.limit(
+    ACCOUNT_LIMITS,
+    key_func=account_key,
+    deduct_when=failed_attempt,
+    methods=["POST"],
+    scope="login-account",
+)
 def login() -> ResponseReturnValue:
     """Show the login form and sign a facilitator in."""
     next_url = safe_next(request.values.get("next"), url_for("manage.index"))

@@ -10,14 +10,11 @@ from flask_login import current_user, logout_user
 from ..access import Participant, grant, safe_next
 from ..extensions import limiter
 from ..forms import AccessForm, EmptyForm
+from ..ratelimit import CLIENT_LIMITS, failed_attempt
 from ..services.accounts import check_shared_password
 from ..services.event import get_event
 
 bp = Blueprint("gate", __name__)
-
-
-def _failed(response) -> bool:  # type: ignore[no-untyped-def]
-    return response.status_code == 401
 
 
 def _closed_page() -> ResponseReturnValue:
@@ -26,7 +23,7 @@ def _closed_page() -> ResponseReturnValue:
 
 
 @bp.route("/access", methods=["GET", "POST"])
-@limiter.limit("10 per minute", deduct_when=_failed, methods=["POST"], scope="access")
+@limiter.limit(CLIENT_LIMITS, deduct_when=failed_attempt, methods=["POST"], scope="access")
 def access() -> ResponseReturnValue:
     """Show the password form, and open the portal to whoever types the right password."""
     next_url = safe_next(request.values.get("next"), url_for("programme.index"))

@@ -35,7 +35,7 @@ def _chosen_meeting(value: str | None) -> Meeting | None:
     return db.session.get(Meeting, int(value)) if value else None
 
 
-@bp.get("/")
+@bp.get("", strict_slashes=False)
 @facilitator_required
 def index() -> ResponseReturnValue:
     """Show the sessions, every document with its download count, and the recent uploads."""
