@@ -77,6 +77,15 @@ def _extensions(raw: str | None) -> frozenset[str]:
     return frozenset(chosen - {""} - FORBIDDEN_EXTENSIONS)
 
 
+def _accel_prefix(raw: str | None) -> str:
+    if not raw:
+        return ""
+    prefix = "/" + raw.strip().strip("/") + "/"
+    if any(ch in prefix for ch in "\r\n\\?#") or ".." in prefix:
+        raise SettingsError("PORTAL_ACCEL_REDIRECT must be a plain path such as /protected/")
+    return prefix
+
+
 def database_url(raw: str | None, instance_dir: Path) -> str:
     """Return the SQLAlchemy URL; plain ``postgresql://`` uses the psycopg 3 driver we ship."""
     if not raw:
@@ -117,6 +126,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "RATELIMIT_STORAGE_URI": env.get("PORTAL_RATELIMIT_STORAGE_URI")
         or f"sqlite://{instance_dir / 'ratelimit.sqlite'}",
         "PROXY_FIX": _int(env, "PORTAL_PROXY_FIX", 0),
+        # With local storage, let nginx send the bytes: the internal location's prefix.
+        "ACCEL_REDIRECT": _accel_prefix(env.get("PORTAL_ACCEL_REDIRECT")),
         "TIMEZONE": timezone,
         "BABEL_DEFAULT_TIMEZONE": timezone,
         # argon2id at OWASP's second recommended profile (m=19 MiB, t=2, p=1).

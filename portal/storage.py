@@ -166,6 +166,14 @@ class Storage(ABC):
     def quarantine(self, obj: StoredObject) -> str:
         """Move a file no document points to out of the way; return where it went."""
 
+    @abstractmethod
+    def restore(self, key: str, source: BinaryIO) -> None:
+        """Store what ``source`` yields under the given ``key`` (``portal restore`` only).
+
+        The file appears complete or not at all; an invalid key, or a key that already
+        holds a file, raises StorageError and changes nothing.
+        """
+
     def remove_stale_incoming(self, older_than: float = STALE_AFTER_SECONDS) -> int:
         """Delete temporary upload files older than ``older_than`` seconds."""
         limit = time.time() - older_than
@@ -283,6 +291,45 @@ class LocalStorage(Storage):
 
     def _remove_temporary(self, name: str) -> None:
         (self.temp_dir / Path(name).name).unlink(missing_ok=True)
+
+    def restore(self, key: str, source: BinaryIO, chunk_size: int = 1024 * 1024) -> None:
+        target = self._path(key)
+        if not self.temp_dir.is_dir():
+            raise StorageError(f"storage folder missing: {self.root}")
+        if target.exists():
+            raise StorageError(f"a file is already stored under key {key}")
+        temp = self.temp_dir / f"{secrets.token_hex(16)}.part"
+        placed = False
+        try:
+            with open(temp, "xb") as handle:
+                while chunk := source.read(chunk_size):
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                # A hard link never replaces an existing file, unlike a rename.
+                os.link(temp, target)
+            except FileExistsError:
+                raise StorageError(f"a file is already stored under key {key}") from None
+            except OSError:
+                # A file system without hard links: the check above has to do.
+                if target.exists():
+                    raise StorageError(f"a file is already stored under key {key}") from None
+                os.rename(temp, target)
+            placed = True
+            _fsync_dir(self.root)
+        except OSError as error:
+            if placed:
+                target.unlink(missing_ok=True)
+            if error.errno in _FULL_ERRNOS:
+                raise StorageFull("no space left in the storage") from error
+            raise
+        except BaseException:
+            if placed:
+                target.unlink(missing_ok=True)
+            raise
+        finally:
+            temp.unlink(missing_ok=True)
 
     def quarantine(self, obj: StoredObject) -> str:
         self.quarantine_dir.mkdir(mode=0o700, exist_ok=True)

@@ -101,16 +101,22 @@ def download(document_id: int, filename: str) -> ResponseReturnValue:
         current_app.logger.error("stored file of document %s is missing or damaged", document.id)
         abort(503)
     inline = request.args.get("inline") == "1" and document.content_type in INLINE_TYPES
+    accel_prefix = current_app.config["ACCEL_REDIRECT"]
     response = send_file(
         storage.local_path(document.storage_key),
         mimetype=document.content_type,
         as_attachment=not inline,
         download_name=document.original_name,
-        conditional=True,
+        # Behind nginx with X-Accel-Redirect, nginx answers ranges and revalidations itself.
+        conditional=not accel_prefix,
         etag=document.sha256,
         last_modified=document.updated_at,
         max_age=0,
     )
+    if accel_prefix:
+        response.response.close()
+        response.set_data(b"")
+        response.headers["X-Accel-Redirect"] = f"{accel_prefix}{document.storage_key}"
     response.cache_control.private = True
     response.cache_control.no_cache = True
     is_pdf = inline and document.content_type == "application/pdf"
