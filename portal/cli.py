@@ -284,6 +284,44 @@ def check_command(repair: bool, deploy: bool) -> None:
         sys.exit(1)
 
 
+@click.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@with_appcontext
+@refusals
+def backup_command(file: Path) -> None:
+    """Write every row and every stored file into the archive FILE."""
+    from .backup import BackupError, write_backup
+
+    if not file.absolute().parent.is_dir():
+        raise click.BadParameter(
+            f"folder {file.absolute().parent} does not exist",
+            ctx=click.get_current_context(),
+            param_hint="FILE",
+        )
+    try:
+        summary = write_backup(file)
+    except BackupError as error:
+        for problem in error.problems:
+            click.echo(f"problem: {problem}", err=True)
+        raise Refused(str(error)) from None
+    click.echo(f"backup written: {file}: {summary.line()}")
+
+
+@click.command("restore")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@with_appcontext
+@refusals
+def restore_command(file: Path) -> None:
+    """Load the archive FILE into this instance, which must be empty."""
+    from .backup import BackupError, restore_backup
+
+    try:
+        summary = restore_backup(file, initialise)
+    except BackupError as error:
+        raise Refused(str(error)) from None
+    click.echo(f"restored: {file}: {summary.line()}")
+
+
 @click.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
@@ -333,6 +371,8 @@ COMMANDS = (
     import_command,
     demo_command,
     check_command,
+    backup_command,
+    restore_command,
     run_command,
 )
 

@@ -51,7 +51,12 @@ def _secret_key(instance_dir: Path) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path.read_text().strip()
+        key = path.read_text().strip()
+        if len(key) < 32:
+            raise SettingsError(
+                f"the secret key in {path} is empty or too short: delete the file to generate one"
+            ) from None
+        return key
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_hex(32))
     return path.read_text().strip()

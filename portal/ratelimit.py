@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from flask import Response, current_app, request
-from limits.storage import MovingWindowSupport, Storage
+from flask import current_app, request
+from limits import parse_many
+from limits.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
+from werkzeug.exceptions import TooManyRequests
 
 #: Wrong passwords allowed from one client: SPEC's 10 a minute, then 30 an hour, so that a
 #: patient attacker is slowed further while a participant who mistypes is never locked out.
@@ -21,9 +24,63 @@ CLIENT_LIMITS = "10 per minute; 30 per hour"
 ACCOUNT_LIMITS = "20 per hour"
 
 
-def failed_attempt(response: Response) -> bool:
-    """Count only wrong credentials (401), never a successful or refused-form request."""
-    return response.status_code == 401
+class TooManyAttempts(TooManyRequests):
+    """429, with how many seconds to wait."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+
+    def get_headers(self, environ=None, scope=None):  # type: ignore[no-untyped-def]
+        return [*super().get_headers(environ, scope), ("Retry-After", str(self.retry_after))]
+
+
+def _limiter():  # type: ignore[no-untyped-def]
+    from .extensions import limiter
+
+    return limiter
+
+
+class AttemptLimit:
+    """Count a password attempt BEFORE the password is checked, and give it back if right.
+
+    Counting after the check (Flask-Limiter's ``deduct_when``) lets a burst of simultaneous
+    wrong tries all reach the password hash before any of them is counted.
+    """
+
+    def __init__(self, limits: str, scope: str) -> None:
+        self.items = parse_many(limits)
+        self.scope = scope
+
+    def reserve(self, key: str) -> None:
+        """Count one attempt for ``key``; raise TooManyAttempts when a limit is reached."""
+        strategy = _limiter().limiter
+        taken = []
+        for item in self.items:
+            if not strategy.hit(item, key, self.scope):
+                for earlier in taken:
+                    _give_back(earlier.key_for(key, self.scope))
+                reset = strategy.get_window_stats(item, key, self.scope).reset_time
+                raise TooManyAttempts(max(1, math.ceil(reset - time.time())))
+            taken.append(item)
+
+    def give_back(self, key: str) -> None:
+        """Uncount the attempt reserved for ``key``: the password was right."""
+        for item in self.items:
+            _give_back(item.key_for(key, self.scope))
+
+
+def _give_back(storage_key: str) -> None:
+    storage = _limiter().storage
+    if isinstance(storage, SQLiteStorage):
+        storage.remove_newest(storage_key)
+    elif isinstance(storage, RedisStorage):
+        # Moving windows are Redis lists, newest entry first.
+        storage.get_connection().lpop(storage.prefixed_key(storage_key))
+    elif isinstance(storage, MemoryStorage):
+        entries = storage.events.get(storage_key)
+        if entries:
+            entries.pop(0)
 
 
 def _keyed(value: str) -> str:
@@ -111,6 +168,12 @@ class SQLiteStorage(Storage, MovingWindowSupport):
             connection.execute("ROLLBACK")
             raise
 
+    def remove_newest(self, key: str) -> None:
+        """Remove the most recent entry of ``key`` (an attempt that turned out right)."""
+        self._connection().execute(
+            "DELETE FROM hits WHERE rowid = (SELECT MAX(rowid) FROM hits WHERE key = ?)", (key,)
+        )
+
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         now = time.time()
         oldest, count = (
@@ -160,3 +223,8 @@ class SQLiteStorage(Storage, MovingWindowSupport):
 
     def clear(self, key: str) -> None:
         self._connection().execute("DELETE FROM hits WHERE key = ?", (key,))
+
+
+GATE_ATTEMPTS = AttemptLimit(CLIENT_LIMITS, "access")
+LOGIN_ATTEMPTS = AttemptLimit(CLIENT_LIMITS, "login")
+ACCOUNT_ATTEMPTS = AttemptLimit(ACCOUNT_LIMITS, "login-account")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, redirect, request, url_for
+import io
+
+from flask import Flask, Response, abort, redirect, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
 
@@ -30,10 +32,26 @@ class SessionInterface(SecureCookieSessionInterface):
         return bool(request.is_secure) or super().get_cookie_secure(app)
 
 
+def _buffer_small_body() -> None:
+    """Read a body sent without Content-Length (chunked) and refuse it when too large.
+
+    Werkzeug would silently cut such a body at the limit and parse what is left.
+    """
+    raw = request.environ["wsgi.input"].read(SMALL_BODY_LIMIT + 1)
+    if len(raw) > SMALL_BODY_LIMIT:
+        abort(413)
+    request.environ["wsgi.input"] = io.BytesIO(raw)
+    request.environ["CONTENT_LENGTH"] = str(len(raw))
+    request.environ.pop("HTTP_TRANSFER_ENCODING", None)
+    request.environ["wsgi.input_terminated"] = False
+
+
 def guard_request() -> Response | None:
     """Limit the body, keep strangers out of /manage before reading it, then check CSRF."""
     if request.endpoint not in UPLOAD_ENDPOINTS:
         request.max_content_length = SMALL_BODY_LIMIT
+        if request.content_length is None and request.method in {"POST", "PUT", "PATCH"}:
+            _buffer_small_body()
     if request.blueprint in {"manage", "admin"} and not can_manage(current_user):
         # Decided before the body is read: an anonymous upload never reaches the disk.
         return redirect(

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -262,7 +263,8 @@ class LocalStorage(Storage):
 
     def open(self, key: str) -> BinaryIO:
         try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW)
+            return os.fdopen(fd, "rb")
         except OSError as error:
             raise StorageError(f"cannot read stored file {key}") from error
 
@@ -270,10 +272,12 @@ class LocalStorage(Storage):
         return self._path(key)
 
     def size(self, key: str) -> int | None:
+        # lstat, and regular files only: a symlink planted in the storage is never followed.
         try:
-            return self._path(key).stat().st_size
+            info = self._path(key).lstat()
         except FileNotFoundError:
             return None
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -8,30 +8,36 @@ from flask_babel import gettext as _
 from flask_login import current_user, logout_user
 
 from ..access import can_manage, grant, safe_next
-from ..extensions import limiter
 from ..forms import EmptyForm, LoginForm
-from ..ratelimit import ACCOUNT_LIMITS, CLIENT_LIMITS, account_key, failed_attempt
+from ..ratelimit import (
+    ACCOUNT_ATTEMPTS,
+    LOGIN_ATTEMPTS,
+    TooManyAttempts,
+    account_key,
+    client_key,
+)
 from ..services.accounts import authenticate_facilitator, sign_out_everywhere
 
 bp = Blueprint("auth", __name__)
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(CLIENT_LIMITS, deduct_when=failed_attempt, methods=["POST"], scope="login")
-@limiter.limit(
-    ACCOUNT_LIMITS,
-    key_func=account_key,
-    deduct_when=failed_attempt,
-    methods=["POST"],
-    scope="login-account",
-)
 def login() -> ResponseReturnValue:
     """Show the login form and sign a facilitator in."""
     next_url = safe_next(request.values.get("next"), url_for("manage.index"))
     form = LoginForm()
     if form.validate_on_submit():
+        client, account = client_key(), account_key()
+        LOGIN_ATTEMPTS.reserve(client)
+        try:
+            ACCOUNT_ATTEMPTS.reserve(account)
+        except TooManyAttempts:
+            LOGIN_ATTEMPTS.give_back(client)
+            raise
         facilitator = authenticate_facilitator(form.email.data, form.password.data)
         if facilitator is not None:
+            LOGIN_ATTEMPTS.give_back(client)
+            ACCOUNT_ATTEMPTS.give_back(account)
             grant(facilitator)
             return redirect(next_url, 303)
         form.password.errors.append(_("Wrong e-mail or password."))

@@ -8,9 +8,8 @@ from flask_babel import gettext as _
 from flask_login import current_user, logout_user
 
 from ..access import Participant, grant, safe_next
-from ..extensions import limiter
 from ..forms import AccessForm, EmptyForm
-from ..ratelimit import CLIENT_LIMITS, failed_attempt
+from ..ratelimit import GATE_ATTEMPTS, client_key
 from ..services.accounts import check_shared_password
 from ..services.event import get_event
 
@@ -23,7 +22,6 @@ def _closed_page() -> ResponseReturnValue:
 
 
 @bp.route("/access", methods=["GET", "POST"])
-@limiter.limit(CLIENT_LIMITS, deduct_when=failed_attempt, methods=["POST"], scope="access")
 def access() -> ResponseReturnValue:
     """Show the password form, and open the portal to whoever types the right password."""
     next_url = safe_next(request.values.get("next"), url_for("programme.index"))
@@ -31,8 +29,11 @@ def access() -> ResponseReturnValue:
         return _closed_page()
     form = AccessForm()
     if form.validate_on_submit():
+        client = client_key()
+        GATE_ATTEMPTS.reserve(client)
         version = check_shared_password(form.password.data)
         if version is not None:
+            GATE_ATTEMPTS.give_back(client)
             grant(Participant(version))
             return redirect(next_url, 303)
         form.password.errors.append(_("This password is not the right one."))

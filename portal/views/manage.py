@@ -59,7 +59,7 @@ def upload() -> ResponseReturnValue:
     """Receive one or more files; accept or reject each on its own."""
     form = UploadForm()
     form.session.choices = session_choices(_meetings(), _("General documents"))
-    if request.method == "GET":
+    if not form.is_submitted():
         form.session.data = request.args.get("session", "")
         return render_template("manage/upload.html", form=form)
     files = [f for f in request.files.getlist("files") if f.filename]
