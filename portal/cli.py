@@ -231,6 +231,9 @@ def import_command(directory: Path, session_slug: str | None, tags: tuple[str, .
         except UploadRejected as rejection:
             rejected += 1
             click.echo(f"rejected: {path.name}: {rejection.reason}")
+        except StorageError as error:
+            rejected += 1
+            click.echo(f"rejected: {path.name}: {error}")
         except OSError as error:
             rejected += 1
             click.echo(f"rejected: {path.name}: {error.strerror or error}")
@@ -280,6 +283,8 @@ def check_command(repair: bool, deploy: bool) -> None:
     report = check_storage(repair=repair)
     for line in report.lines():
         click.echo(line)
+    if report.storage_error:
+        raise Refused(f"storage: {report.storage_error}")
     if not report.healthy(repaired=repair):
         sys.exit(1)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, g, render_template
+from flask import Flask, current_app, g, render_template
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -60,6 +60,7 @@ def _http_error(error: HTTPException) -> ResponseReturnValue:
 
 
 def _database_error(error: Exception) -> ResponseReturnValue:
+    current_app.logger.warning("database unavailable: %s", str(error).splitlines()[0])
     db.session.rollback()
     g.database_down = True
     # The page must not ask the database who the visitor is: treat them as anonymous.

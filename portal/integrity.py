@@ -21,6 +21,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     orphans: list[StoredObject] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    storage_error: str = ""
 
     def lines(self) -> list[str]:
         """Return the report as lines for a terminal."""
@@ -39,7 +40,7 @@ class Report:
     def healthy(self, repaired: bool = False) -> bool:
         """Say whether nothing is wrong (orphans moved by ``--repair`` no longer count)."""
         orphans_left = len(self.orphans) - (len(self.quarantined) if repaired else 0)
-        return not self.problems and orphans_left == 0
+        return not self.problems and not self.storage_error and orphans_left == 0
 
 
 def _sha256(storage, key: str) -> str:  # type: ignore[no-untyped-def]
@@ -53,10 +54,17 @@ def _sha256(storage, key: str) -> str:  # type: ignore[no-untyped-def]
 def check_storage(repair: bool = False) -> Report:
     """Compare every document with its stored file and find files no document points to."""
     storage = current_app.extensions["portal.storage"]
-    storage.check()
     report = Report()
+    try:
+        storage.check()
+    except StorageError as error:
+        # Go on: every document whose file is gone must still be named.
+        report.storage_error = str(error)
     # List the files first: an upload finishing meanwhile then looks complete, not orphaned.
-    objects = list(storage.objects())
+    try:
+        objects = list(storage.objects())
+    except OSError:
+        objects = []
     known: set[str] = set()
     for document in db.session.scalars(db.select(Document).order_by(Document.id)):
         report.checked += 1

@@ -9,6 +9,8 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -42,32 +44,53 @@ def _limiter():  # type: ignore[no-untyped-def]
 
 
 class AttemptLimit:
-    """Count a password attempt BEFORE the password is checked, and give it back if right.
-
-    Counting after the check (Flask-Limiter's ``deduct_when``) lets a burst of simultaneous
-    wrong tries all reach the password hash before any of them is counted.
-    """
+    """Wrong passwords allowed for one key (a client, an account) in moving windows."""
 
     def __init__(self, limits: str, scope: str) -> None:
         self.items = parse_many(limits)
         self.scope = scope
 
-    def reserve(self, key: str) -> None:
-        """Count one attempt for ``key``; raise TooManyAttempts when a limit is reached."""
+    def check(self, key: str) -> None:
+        """Raise TooManyAttempts when ``key`` has used up its wrong tries."""
         strategy = _limiter().limiter
-        taken = []
         for item in self.items:
-            if not strategy.hit(item, key, self.scope):
-                for earlier in taken:
-                    _give_back(earlier.key_for(key, self.scope))
+            if not strategy.test(item, key, self.scope):
                 reset = strategy.get_window_stats(item, key, self.scope).reset_time
                 raise TooManyAttempts(max(1, math.ceil(reset - time.time())))
-            taken.append(item)
 
-    def give_back(self, key: str) -> None:
-        """Uncount the attempt reserved for ``key``: the password was right."""
+    def count_failure(self, key: str) -> None:
+        """Record one wrong try for ``key``."""
+        strategy = _limiter().limiter
         for item in self.items:
-            _give_back(item.key_for(key, self.scope))
+            strategy.hit(item, key, self.scope)
+
+
+#: A lock for one client's password checks; it expires by itself if a worker dies holding it.
+_IN_FLIGHT = parse_many("1 per 10 seconds")[0]
+WAIT_FOR_TURN_SECONDS = 10.0
+
+
+@contextmanager
+def one_check_at_a_time(key: str, scope: str) -> Iterator[None]:
+    """Run one client's password checks one after the other, across every process.
+
+    Checking the count, hashing, then counting a failure is only safe if nothing else from
+    the same client happens in between: otherwise a burst of simultaneous wrong tries all
+    pass the check before any is counted. Right tries still never count; people behind one
+    address (an association's office) just wait for each other's few milliseconds.
+    """
+    strategy = _limiter().limiter
+    deadline = time.monotonic() + WAIT_FOR_TURN_SECONDS
+    pause = 0.01
+    while not strategy.hit(_IN_FLIGHT, key, scope):
+        if time.monotonic() > deadline:
+            raise TooManyAttempts(1)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+    try:
+        yield
+    finally:
+        _give_back(_IN_FLIGHT.key_for(key, scope))
 
 
 def _give_back(storage_key: str) -> None:
@@ -134,7 +157,7 @@ class SQLiteStorage(Storage, MovingWindowSupport):
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(connection)
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS hits (key TEXT NOT NULL, at REAL NOT NULL,"
                 " expires REAL NOT NULL)"
@@ -142,6 +165,20 @@ class SQLiteStorage(Storage, MovingWindowSupport):
             connection.execute("CREATE INDEX IF NOT EXISTS hits_key ON hits (key, at)")
             self._local.connection = connection
         return connection
+
+    @staticmethod
+    def _use_wal(connection: sqlite3.Connection) -> None:
+        # Switching a new file to WAL fails at once (no busy wait) when several workers
+        # open it together; the first one to succeed does it for everyone.
+        for _ in range(100):
+            try:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    return
+                connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError:
+                time.sleep(0.05)
+        connection.execute("PRAGMA journal_mode=WAL")
 
     def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         if amount > limit:
@@ -225,6 +262,6 @@ class SQLiteStorage(Storage, MovingWindowSupport):
         self._connection().execute("DELETE FROM hits WHERE key = ?", (key,))
 
 
-GATE_ATTEMPTS = AttemptLimit(CLIENT_LIMITS, "access")
-LOGIN_ATTEMPTS = AttemptLimit(CLIENT_LIMITS, "login")
-ACCOUNT_ATTEMPTS = AttemptLimit(ACCOUNT_LIMITS, "login-account")
+GATE_FAILURES = AttemptLimit(CLIENT_LIMITS, "access")
+LOGIN_FAILURES = AttemptLimit(CLIENT_LIMITS, "login")
+ACCOUNT_FAILURES = AttemptLimit(ACCOUNT_LIMITS, "login-account")

@@ -17,6 +17,7 @@ import stat
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -36,6 +37,16 @@ class StorageFull(StorageError):
 
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextmanager
+def _full_disk_is_storage_full() -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        if error.errno in _FULL_ERRNOS:
+            raise StorageFull("no space left in the storage") from error
+        raise
 
 
 @dataclass(frozen=True)
@@ -64,27 +75,27 @@ class IncomingFile:
         return str(self.path)
 
     def write(self, data: bytes) -> int:
-        try:
+        with _full_disk_is_storage_full():
             written = self._file.write(data)
-        except OSError as error:
-            if error.errno in _FULL_ERRNOS:
-                raise StorageFull("no space left in the storage") from error
-            raise
         self._sha256.update(data)
         self.size += len(data)
         return written
 
     def read(self, size: int = -1) -> bytes:
-        return self._file.read(size)
+        with _full_disk_is_storage_full():
+            return self._file.read(size)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self._file.seek(offset, whence)
+        # Seeking flushes the buffer: that is where a full disk often shows.
+        with _full_disk_is_storage_full():
+            return self._file.seek(offset, whence)
 
     def tell(self) -> int:
         return self._file.tell()
 
     def flush(self) -> None:
-        self._file.flush()
+        with _full_disk_is_storage_full():
+            self._file.flush()
 
     def readable(self) -> bool:
         return True
@@ -102,7 +113,8 @@ class IncomingFile:
     def close(self) -> None:
         # Werkzeug closes request files at the end of a request; the content stays
         # on disk until the storage commits or discards it.
-        self._file.close()
+        with _full_disk_is_storage_full():
+            self._file.close()
 
     @property
     def sha256(self) -> str:
@@ -110,7 +122,7 @@ class IncomingFile:
 
     def head(self, length: int = 8192) -> bytes:
         """Return the first bytes written, without moving the file position."""
-        self._file.flush()
+        self.flush()
         with open(self.path, "rb") as handle:
             return handle.read(length)
 
@@ -232,11 +244,11 @@ class LocalStorage(Storage):
         return IncomingFile(self.temp_dir / f"{secrets.token_hex(16)}.part")
 
     def commit(self, incoming: IncomingFile) -> str:
-        if not incoming.closed:
-            incoming.flush()
-            incoming.close()
         # Reopen to sync: Werkzeug may already have closed the upload's handle.
         try:
+            if not incoming.closed:
+                incoming.flush()
+                incoming.close()
             with open(incoming.path, "rb+") as handle:
                 os.fsync(handle.fileno())
         except OSError as error:
@@ -256,10 +268,15 @@ class LocalStorage(Storage):
         return key
 
     def discard(self, incoming: IncomingFile) -> None:
-        if not incoming.closed:
-            incoming.close()
-        if not incoming.committed:
-            incoming.path.unlink(missing_ok=True)
+        try:
+            if not incoming.closed:
+                # Flushing the last buffered bytes may fail too (disk full): remove anyway.
+                incoming.close()
+        except (OSError, StorageError):
+            pass
+        finally:
+            if not incoming.committed:
+                incoming.path.unlink(missing_ok=True)
 
     def open(self, key: str) -> BinaryIO:
         try:

@@ -17,7 +17,7 @@ from werkzeug.datastructures import FileStorage
 from ..extensions import db
 from ..filetypes import clean_filename, content_matches, extension_of, media_type
 from ..models import Document, Facilitator, Meeting
-from ..storage import IncomingFile, Storage, StorageError
+from ..storage import IncomingFile, Storage, StorageError, StorageFull
 from .tags import tags_for
 
 
@@ -70,6 +70,9 @@ def _accepted(incoming: IncomingFile, filename: str) -> tuple[str, str]:
 def _store(incoming: IncomingFile) -> str:
     try:
         return storage().commit(incoming)
+    except StorageFull:
+        # No room left: the request ends with the "storage full" page (507).
+        raise
     except (StorageError, OSError) as error:
         raise UploadRejected(
             _l("The file could not be written: the storage is full or failing."), 507

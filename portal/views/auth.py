@@ -10,11 +10,11 @@ from flask_login import current_user, logout_user
 from ..access import can_manage, grant, safe_next
 from ..forms import EmptyForm, LoginForm
 from ..ratelimit import (
-    ACCOUNT_ATTEMPTS,
-    LOGIN_ATTEMPTS,
-    TooManyAttempts,
+    ACCOUNT_FAILURES,
+    LOGIN_FAILURES,
     account_key,
     client_key,
+    one_check_at_a_time,
 )
 from ..services.accounts import authenticate_facilitator, sign_out_everywhere
 
@@ -28,16 +28,14 @@ def login() -> ResponseReturnValue:
     form = LoginForm()
     if form.validate_on_submit():
         client, account = client_key(), account_key()
-        LOGIN_ATTEMPTS.reserve(client)
-        try:
-            ACCOUNT_ATTEMPTS.reserve(account)
-        except TooManyAttempts:
-            LOGIN_ATTEMPTS.give_back(client)
-            raise
-        facilitator = authenticate_facilitator(form.email.data, form.password.data)
+        with one_check_at_a_time(client, "login-turn"):
+            LOGIN_FAILURES.check(client)
+            ACCOUNT_FAILURES.check(account)
+            facilitator = authenticate_facilitator(form.email.data, form.password.data)
+            if facilitator is None:
+                LOGIN_FAILURES.count_failure(client)
+                ACCOUNT_FAILURES.count_failure(account)
         if facilitator is not None:
-            LOGIN_ATTEMPTS.give_back(client)
-            ACCOUNT_ATTEMPTS.give_back(account)
             grant(facilitator)
             return redirect(next_url, 303)
         form.password.errors.append(_("Wrong e-mail or password."))

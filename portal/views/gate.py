@@ -9,7 +9,7 @@ from flask_login import current_user, logout_user
 
 from ..access import Participant, grant, safe_next
 from ..forms import AccessForm, EmptyForm
-from ..ratelimit import GATE_ATTEMPTS, client_key
+from ..ratelimit import GATE_FAILURES, client_key, one_check_at_a_time
 from ..services.accounts import check_shared_password
 from ..services.event import get_event
 
@@ -30,10 +30,12 @@ def access() -> ResponseReturnValue:
     form = AccessForm()
     if form.validate_on_submit():
         client = client_key()
-        GATE_ATTEMPTS.reserve(client)
-        version = check_shared_password(form.password.data)
+        with one_check_at_a_time(client, "access-turn"):
+            GATE_FAILURES.check(client)
+            version = check_shared_password(form.password.data)
+            if version is None:
+                GATE_FAILURES.count_failure(client)
         if version is not None:
-            GATE_ATTEMPTS.give_back(client)
             grant(Participant(version))
             return redirect(next_url, 303)
         form.password.errors.append(_("This password is not the right one."))

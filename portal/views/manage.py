@@ -69,7 +69,7 @@ def upload() -> ResponseReturnValue:
         return render_template("manage/upload.html", form=form), 400
     meeting = _chosen_meeting(form.session.data)
     single = len(files) == 1
-    accepted, rejected = [], []
+    accepted, rejected, statuses = [], [], []
     for file in files:
         try:
             accepted.append(
@@ -85,7 +85,9 @@ def upload() -> ResponseReturnValue:
             )
         except UploadRejected as rejection:
             rejected.append((clean_filename(file.filename or ""), str(rejection.reason)))
-    status = 200 if accepted else 400
+            statuses.append(rejection.status)
+    # Nothing stored: say why with the status too (400 bad file, 507 storage full...).
+    status = 200 if accepted else max(statuses, default=400)
     return render_template(
         "manage/upload_result.html", accepted=accepted, rejected=rejected, meeting=meeting
     ), status
