@@ -65,9 +65,12 @@ class AttemptLimit:
             strategy.hit(item, key, self.scope)
 
 
-#: A lock for one client's password checks; it expires by itself if a worker dies holding it.
-_IN_FLIGHT = parse_many("1 per 10 seconds")[0]
-WAIT_FOR_TURN_SECONDS = 10.0
+#: A lock for one client's password checks; it expires by itself if a worker dies holding it
+#: (its window must outlast the longest wait, or a slow check would lose it).
+_IN_FLIGHT = parse_many("1 per 30 seconds")[0]
+#: How long a right password may wait behind others from the same address (an office
+#: where fifty people unlock at once) before the portal gives up with 429.
+WAIT_FOR_TURN_SECONDS = 30.0
 
 
 @contextmanager
