@@ -65,27 +65,41 @@ class AttemptLimit:
             strategy.hit(item, key, self.scope)
 
 
-#: A lock for one client's password checks; it expires by itself if a worker dies holding it
-#: (its window must outlast the longest wait, or a slow check would lose it).
-_IN_FLIGHT = parse_many("1 per 30 seconds")[0]
-#: How long a right password may wait behind others from the same address (an office
-#: where fifty people unlock at once) before the portal gives up with 429.
+#: How long a check may hold its place; a worker that dies holding one frees it by then.
+CHECK_SECONDS = 30
+#: How long a right password may wait for a place (an office where fifty people unlock at
+#: once) before the portal gives up with 429.
 WAIT_FOR_TURN_SECONDS = 30.0
 
 
-@contextmanager
-def one_check_at_a_time(key: str, scope: str) -> Iterator[None]:
-    """Run one client's password checks one after the other, across every process.
-
-    Checking the count, hashing, then counting a failure is only safe if nothing else from
-    the same client happens in between: otherwise a burst of simultaneous wrong tries all
-    pass the check before any is counted. Right tries still never count; people behind one
-    address (an association's office) just wait for each other's few milliseconds.
-    """
+def _remaining(limits: list[tuple[AttemptLimit, str]]) -> int:
     strategy = _limiter().limiter
+    return min(
+        strategy.get_window_stats(item, key, limit.scope).remaining
+        for limit, key in limits
+        for item in limit.items
+    )
+
+
+@contextmanager
+def password_check(turn_key: str, limits: list[tuple[AttemptLimit, str]]) -> Iterator[None]:
+    """Let a password check run only while wrong tries left > checks already running.
+
+    Testing the count, hashing, then counting a failure is unsafe on its own: a burst of
+    simultaneous wrong tries would all pass the test before any is counted. Holding a place
+    among at most ``remaining`` running checks (in the shared limits store) keeps
+    failures + running checks within the limit, while right passwords never count and
+    people behind one address only wait for a free place.
+    """
+    storage = _limiter().storage
     deadline = time.monotonic() + WAIT_FOR_TURN_SECONDS
     pause = 0.01
-    while not strategy.hit(_IN_FLIGHT, key, scope):
+    while True:
+        for limit, key in limits:
+            limit.check(key)
+        places = _remaining(limits)
+        if places > 0 and storage.acquire_entry(turn_key, places, CHECK_SECONDS):
+            break
         if time.monotonic() > deadline:
             raise TooManyAttempts(1)
         time.sleep(pause)
@@ -93,7 +107,7 @@ def one_check_at_a_time(key: str, scope: str) -> Iterator[None]:
     try:
         yield
     finally:
-        _give_back(_IN_FLIGHT.key_for(key, scope))
+        _give_back(turn_key)
 
 
 def _give_back(storage_key: str) -> None:

@@ -14,7 +14,7 @@ from ..ratelimit import (
     LOGIN_FAILURES,
     account_key,
     client_key,
-    one_check_at_a_time,
+    password_check,
 )
 from ..services.accounts import authenticate_facilitator, sign_out_everywhere
 
@@ -28,9 +28,8 @@ def login() -> ResponseReturnValue:
     form = LoginForm()
     if form.validate_on_submit():
         client, account = client_key(), account_key()
-        with one_check_at_a_time(client, "login-turn"):
-            LOGIN_FAILURES.check(client)
-            ACCOUNT_FAILURES.check(account)
+        limits = [(LOGIN_FAILURES, client), (ACCOUNT_FAILURES, account)]
+        with password_check(f"login-checks/{client}", limits):
             facilitator = authenticate_facilitator(form.email.data, form.password.data)
             if facilitator is None:
                 LOGIN_FAILURES.count_failure(client)

@@ -9,7 +9,7 @@ from flask_login import current_user, logout_user
 
 from ..access import Participant, grant, safe_next
 from ..forms import AccessForm, EmptyForm
-from ..ratelimit import GATE_FAILURES, client_key, one_check_at_a_time
+from ..ratelimit import GATE_FAILURES, client_key, password_check
 from ..services.accounts import check_shared_password
 from ..services.event import get_event
 
@@ -30,8 +30,7 @@ def access() -> ResponseReturnValue:
     form = AccessForm()
     if form.validate_on_submit():
         client = client_key()
-        with one_check_at_a_time(client, "access-turn"):
-            GATE_FAILURES.check(client)
+        with password_check(f"access-checks/{client}", [(GATE_FAILURES, client)]):
             version = check_shared_password(form.password.data)
             if version is None:
                 GATE_FAILURES.count_failure(client)
