@@ -99,7 +99,12 @@ def password_check(turn_key: str, limits: list[tuple[AttemptLimit, str]]) -> Ite
             limit.check(key)
         places = _remaining(limits)
         if places > 0 and storage.acquire_entry(turn_key, places, CHECK_SECONDS):
-            break
+            # ``places`` may be stale: a failure counted meanwhile. Checked again now that
+            # this check is visible to every later one, it is exact.
+            _, running = storage.get_moving_window(turn_key, places, CHECK_SECONDS)
+            if running <= _remaining(limits):
+                break
+            _give_back(turn_key)
         if time.monotonic() > deadline:
             raise TooManyAttempts(1)
         time.sleep(pause)
