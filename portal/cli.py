@@ -337,7 +337,12 @@ def restore_command(file: Path) -> None:
 def run_command(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the portal with gunicorn (threaded workers)."""
     from .server import serve
-    from .services.accounts import admin_exists, create_facilitator, set_shared_password
+    from .services.accounts import (
+        AccountError,
+        admin_exists,
+        create_facilitator,
+        set_shared_password,
+    )
     from .services.event import get_event
     from .storage import StorageError
 
@@ -354,9 +359,14 @@ def run_command(host: str, port: int, workers: int, threads: int) -> None:
         click.echo(f"shared password: {password}")
     if not admin_exists():
         email, password = "admin@portail.local", secrets.token_urlsafe(12)
-        create_facilitator(email, password, name="Admin", is_admin=True)
-        click.echo(f"admin e-mail: {email}")
-        click.echo(f"admin password: {password}")
+        try:
+            create_facilitator(email, password, name="Admin", is_admin=True)
+        except AccountError:
+            # Another `portal run` starting at the same moment created it first.
+            pass
+        else:
+            click.echo(f"admin e-mail: {email}")
+            click.echo(f"admin password: {password}")
     try:
         removed = current_app.extensions["portal.storage"].remove_stale_incoming()
     except OSError:

@@ -57,19 +57,19 @@ def test_wrong_tries_count_across_two_servers(tmp_path):
     _run(["init"], tmp_path, env)
     _run(["set-password", "--password-stdin"], tmp_path, env, "le bon mot de passe\n")
     ports = [free_port(), free_port()]
-    servers = [
-        subprocess.Popen(
-            [str(PORTAL), "run", "--port", str(port), "--workers", "1"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=tmp_path,
-            env=env,
-            start_new_session=True,
-        )
-        for port in ports
-    ]
+    servers: list[subprocess.Popen] = []
     try:
-        for server, port in zip(servers, ports, strict=True):
+        # One after the other: the first start creates the admin account.
+        for port in ports:
+            server = subprocess.Popen(
+                [str(PORTAL), "run", "--port", str(port), "--workers", "1"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=tmp_path,
+                env=env,
+                start_new_session=True,
+            )
+            servers.append(server)
             _wait_ready(server, port)
         statuses = []
         for attempt in range(11):
