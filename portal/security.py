@@ -57,9 +57,16 @@ def guard_request() -> Response | None:
         return redirect(
             url_for("auth.login", next=request.path), 303 if request.method == "POST" else 302
         )
+    if "\x00" in request.path or any("\x00" in v for k, v in request.args.items() if k != "next"):
+        # No database accepts NUL in text: refuse it here rather than as a database error.
+        abort(400)
     if request.routing_exception is None:
         # An unknown path or a wrong method gets its 404/405, not a CSRF error.
         csrf.protect()
+        if request.endpoint not in UPLOAD_ENDPOINTS and any(
+            "\x00" in v for k, v in request.form.items() if k != "next"
+        ):
+            abort(400)
     return None
 
 
