@@ -12,169 +12,23 @@ import html
 import http.client
 import io
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 from conftest import TEST_DATABASE_URL, _reset_postgresql
+from liveserver import PORTAL, Browser, Server, free_port, portal_env, printed
 
 from portal.demo import SESSIONS, make_png
 
 # Selectable with ``-m live`` / ``-m "not live"``, and run by default. The marker is not
 # registered in pyproject.toml, so its "unknown mark" warning is silenced here.
 pytestmark = pytest.mark.live
-
-PORTAL = Path(sys.executable).parent / "portal"
-START_TIMEOUT = 20.0
-CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"|value="([^"]+)"[^>]*name="csrf_token"')
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def portal_env(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-    env["PORTAL_INSTANCE_DIR"] = str(root / "instance")
-    env["PORTAL_STORAGE"] = str(root / "uploads")
-    if os.environ.get("PORTAL_TEST_DATABASE_URL"):
-        env["PORTAL_DATABASE_URL"] = os.environ["PORTAL_TEST_DATABASE_URL"]
-    return env
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8")
-
-
-@dataclass
-class Browser:
-    """A tiny HTTP client that keeps its cookies and opens a new connection per request."""
-
-    port: int
-    cookies: dict[str, str] = field(default_factory=dict)
-
-    def request(self, method: str, path: str, form: dict[str, str] | None = None) -> Reply:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        headers = {"Connection": "close", "Accept-Language": "en"}
-        body = None
-        if self.cookies:
-            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        if form is not None:
-            body = urlencode(form)
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        try:
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            reply = Reply(response.status, response.headers, response.read())
-        finally:
-            connection.close()
-        for raw in reply.headers.get_all("Set-Cookie") or []:
-            jar = SimpleCookie()
-            jar.load(raw)
-            for name, morsel in jar.items():
-                self.cookies[name] = morsel.value
-        return reply
-
-    def get(self, path: str) -> Reply:
-        return self.request("GET", path)
-
-    def post(self, path: str, form: dict[str, str]) -> Reply:
-        return self.request("POST", path, form)
-
-    def csrf(self, path: str) -> str:
-        page = self.get(path)
-        assert page.status == 200, page.status
-        match = CSRF.search(page.text)
-        assert match, f"no CSRF token on {path}"
-        return match.group(1) or match.group(2)
-
-
-class Server:
-    """A ``portal run`` process whose output is collected line by line."""
-
-    def __init__(self, root: Path, port: int, workers: int) -> None:
-        self.port = port
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.process = subprocess.Popen(
-            [str(PORTAL), "run", "--port", str(port), "--workers", str(workers)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            cwd=root,
-            env=portal_env(root),
-            start_new_session=True,
-        )
-        self._readers = [
-            threading.Thread(target=self._collect, args=(self.process.stdout, self.stdout)),
-            threading.Thread(target=self._collect, args=(self.process.stderr, self.stderr)),
-        ]
-        for reader in self._readers:
-            reader.daemon = True
-            reader.start()
-
-    @staticmethod
-    def _collect(stream, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
-        for line in stream:
-            lines.append(line.rstrip("\n"))
-
-    def output(self) -> str:
-        return "\n".join(self.stdout + self.stderr)
-
-    def wait_ready(self) -> None:
-        """Wait until /healthz answers 200; fail with the server's output otherwise."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"portal run exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if Browser(self.port).get("/healthz").status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"/healthz did not answer 200 within {START_TIMEOUT} s:\n{self.output()}")
-
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL to the server's own process group after a timeout."""
-        self.terminate()
-        if self.process.poll() is None:
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        for reader in self._readers:
-            reader.join(timeout=5)
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream:
-                stream.close()
 
 
 @dataclass
@@ -192,11 +46,6 @@ class Live:
 
     def browser(self) -> Browser:
         return Browser(self.port)
-
-
-def printed(lines: list[str], label: str) -> list[str]:
-    pattern = re.compile(rf"^{re.escape(label)}: (\S+)$")
-    return [m.group(1) for line in lines if (m := pattern.match(line))]
 
 
 @pytest.fixture(scope="module")

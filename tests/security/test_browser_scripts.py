@@ -15,31 +15,20 @@ import io
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from conftest import SHARED_PASSWORD, csrf_token, login
+from liveserver import chromium, skip_without_chromium
 from werkzeug.serving import make_server
 
 from portal.extensions import db
 from portal.models import Document, Meeting
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip("no Chromium at /usr/bin/chromium", allow_module_level=True)
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
-)
+skip_without_chromium()
+from playwright import sync_api  # noqa: E402
+
 PlaywrightError = sync_api.Error
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 MARK = "PWNED-7c1f"
 PAYLOAD = (
     "<!doctype html><html><head><title>x</title></head><body>"
@@ -85,14 +74,8 @@ class Witness:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
