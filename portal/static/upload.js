@@ -98,7 +98,12 @@
       return "";
     }
     var rate = (sent - first[1]) / seconds / 1048576;
-    return fill(msg.speed, { speed: rate.toFixed(rate < 10 ? 1 : 0) });
+    var digits = rate < 10 ? 1 : 0;
+    var text = rate.toLocaleString(document.documentElement.lang || undefined, {
+      minimumFractionDigits: digits,
+      maximumFractionDigits: digits
+    });
+    return fill(msg.speed, { speed: text });
   }
 
   function send(file, metadata) {
