@@ -12,11 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,9 +113,13 @@ class Partial:
         if self.result is not None:
             return self.length
         try:
-            return self.data_path.stat().st_size
+            return self.data_path.lstat().st_size
         except FileNotFoundError:
             return 0
+
+    def open_data(self) -> IO[bytes]:
+        """Open the received bytes for reading (never through a planted link)."""
+        return os.fdopen(_open_regular(self.data_path, os.O_RDONLY), "rb")
 
     def save_info(self) -> None:
         """Write the description atomically: a reader never sees half a JSON file."""
@@ -130,7 +136,7 @@ class Partial:
     @contextlib.contextmanager
     def locked(self) -> Iterator[IO[bytes]]:
         """Hold the upload's lock and yield its data file opened for appending."""
-        fd = os.open(self.data_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        fd = _open_regular(self.data_path, os.O_WRONLY | os.O_APPEND)
         handle = os.fdopen(fd, "ab")
         try:
             try:
@@ -245,6 +251,20 @@ class PartialStore:
             path.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """Open ``path`` only if it is a regular file; anything else is as good as missing."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise FileNotFoundError(str(path)) from error
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileNotFoundError(str(path))
+    return fd
 
 
 def _expired(partial: Partial, now: float) -> bool:

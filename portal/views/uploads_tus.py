@@ -50,8 +50,9 @@ def _reply(status: int, message: str = "", **headers: str | int) -> Response:
     return response
 
 
-def _version_refused() -> Response | None:
-    if request.headers.get("Tus-Resumable") != TUS_VERSION:
+def _version_refused(required: bool = True) -> Response | None:
+    version = request.headers.get("Tus-Resumable")
+    if version != TUS_VERSION and (required or version is not None):
         return _reply(412, _("This upload client is not supported."), Tus_Version=TUS_VERSION)
     return None
 
@@ -142,7 +143,7 @@ def _finish(store: PartialStore, partial: Partial) -> str:
     meeting = db.session.get(Meeting, int(session)) if session.isdigit() else None
     name = clean_filename(metadata.get("filename", ""))
     try:
-        with open(partial.data_path, "rb") as handle:
+        with partial.open_data() as handle:
             document = add_document(
                 handle,
                 metadata.get("filename", ""),
@@ -172,15 +173,14 @@ def _finish(store: PartialStore, partial: Partial) -> str:
 
 @bp.get("/<upload_id>")
 def status(upload_id: str) -> Response:
-    """HEAD: the tus offset. GET: the same as JSON, with the result once the file is in."""
-    if request.method == "HEAD" and (refused := _version_refused()):
+    """The upload's offset (tus HEAD) and, as JSON, its result once the file is in."""
+    # HEAD without the header is answered like GET (monitoring, link checkers); a wrong
+    # version is refused.
+    if request.method == "HEAD" and (refused := _version_refused(required=False)):
         return refused
     partial = _owned(upload_id)
     if partial is None:
         return _not_found()
-    headers = {"Upload-Offset": partial.offset, "Upload-Length": partial.length}
-    if request.method == "HEAD":
-        return _reply(200, **headers)
     body = {
         "state": "uploading",
         "offset": partial.offset,
@@ -192,7 +192,10 @@ def status(upload_id: str) -> Response:
         if partial.result["state"] == "accepted":
             body["url"] = url_for("manage.edit_document", document_id=partial.result["document"])
     response = jsonify(body)
+    response.headers["Tus-Resumable"] = TUS_VERSION
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Upload-Offset"] = str(partial.offset)
+    response.headers["Upload-Length"] = str(partial.length)
     return response
 
 
