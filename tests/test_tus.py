@@ -415,3 +415,135 @@ def test_the_browser_chunk_size_passes_a_100_mb_proxy_cap(facilitator):
     page = facilitator.get("/manage/upload").get_data(as_text=True)
     chunk = int(page.split('data-chunk-size="', 1)[1].split('"', 1)[0])
     assert 1024 * 1024 <= chunk <= 100 * 1000 * 1000
+
+
+# --- through a real reverse proxy ---------------------------------------------------------
+
+NGINX = Path("/usr/sbin/nginx")
+NGINX_CONF = """
+daemon off;
+master_process off;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size {cap};
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream};
+            proxy_set_header Host $http_host;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.mark.live
+def test_a_file_larger_than_nginxs_body_cap_passes_in_chunks(tmp_path):
+    """nginx refuses any body over 1 MiB here (as a 100 MB cap would); tus chunks get through."""
+    import http.client
+    import subprocess
+
+    from liveserver import Browser, Server, free_port, printed
+
+    if not NGINX.exists():
+        pytest.skip("no nginx at /usr/sbin/nginx")
+    if os.environ.get("PORTAL_TEST_DATABASE_URL"):
+        from conftest import _reset_postgresql
+
+        _reset_postgresql(os.environ["PORTAL_TEST_DATABASE_URL"])
+    server = Server(tmp_path, free_port(), workers=1)
+    proxy = None
+    try:
+        server.wait_ready()
+        port = free_port()
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(root=tmp_path, port=port, cap="1m", upstream=server.port))
+        proxy = subprocess.Popen(
+            [
+                str(NGINX),
+                "-p",
+                str(tmp_path),
+                "-e",
+                str(tmp_path / "nginx-stderr.log"),
+                "-c",
+                str(conf),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        browser = Browser(port)
+        for _ in range(50):
+            try:
+                browser.get("/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        token = browser.csrf("/login")
+        signed_in = browser.post(
+            "/login",
+            {
+                "email": printed(server.stdout, "admin e-mail")[0],
+                "password": printed(server.stdout, "admin password")[0],
+                "csrf_token": token,
+            },
+        )
+        assert signed_in.status == 303
+        token = browser.csrf("/manage/upload")
+        cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+        content = PDF_BYTES + os.urandom(3 * 1024 * 1024) + b"\n%%EOF\n"
+
+        def call(method: str, path: str, body: bytes = b"", **headers: str):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                sent = {
+                    "Cookie": cookie,
+                    "Tus-Resumable": "1.0.0",
+                    "X-CSRFToken": token,
+                    **{k.replace("_", "-"): v for k, v in headers.items()},
+                }
+                connection.request(method, path, body=body, headers=sent)
+                response = connection.getresponse()
+                response.read()
+                return response
+            finally:
+                connection.close()
+
+        def start() -> str:
+            created = call(
+                "POST",
+                ENDPOINT,
+                Upload_Length=str(len(content)),
+                Upload_Metadata=metadata(filename="Enregistrement.pdf"),
+            )
+            assert created.status == 201
+            return created.headers["Location"]
+
+        octets = "application/offset+octet-stream"
+        whole = start()
+        refused = call("PATCH", whole, content, Upload_Offset="0", Content_Type=octets)
+        assert refused.status == 413  # nginx's own refusal: one request cannot carry it all
+        location = start()
+        chunk = 512 * 1024
+        for offset in range(0, len(content), chunk):
+            reply = call(
+                "PATCH",
+                location,
+                content[offset : offset + chunk],
+                Upload_Offset=str(offset),
+                Content_Type=octets,
+            )
+            assert reply.status == 204, reply.status
+        assert reply.headers["Portal-Upload-Result"] == "accepted"
+        result = json.loads(browser.get(location).body)
+        served = browser.get(f"/documents/{result['document']}/Enregistrement.pdf")
+        assert hashlib.sha256(served.body).hexdigest() == hashlib.sha256(content).hexdigest()
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+        server.stop()
