@@ -23,7 +23,7 @@ INLINE_PDF_POLICY = "default-src 'none'; object-src 'self'; frame-ancestors 'sel
 #: Endpoints whose requests may carry files; every other request body is kept small.
 UPLOAD_ENDPOINTS = frozenset({"manage.upload", "manage.replace_document_file"})
 #: The tus PATCH: a raw byte stream (never a form), written to disk by its view in chunks.
-STREAM_ENDPOINTS = frozenset({"tus.append"})
+STREAM_ENDPOINTS = frozenset({"tus.upload"})
 STREAM_MIMETYPE = "application/offset+octet-stream"
 SMALL_BODY_LIMIT = 64 * 1024
 #: Blueprints for facilitators only: strangers are sent to the login page.
@@ -53,7 +53,7 @@ def _buffer_small_body() -> None:
 
 def guard_request() -> Response | None:
     """Limit the body, keep strangers out of /manage before reading it, then check CSRF."""
-    streamed = request.endpoint in STREAM_ENDPOINTS
+    streamed = request.endpoint in STREAM_ENDPOINTS and request.method == "PATCH"
     if request.endpoint not in UPLOAD_ENDPOINTS and not streamed:
         request.max_content_length = SMALL_BODY_LIMIT
         if request.content_length is None and request.method in {"POST", "PUT", "PATCH"}:

@@ -72,8 +72,7 @@ def _max_size() -> int:
     return int(current_app.config["MAX_CONTENT_LENGTH"])
 
 
-@bp.route("", methods=["OPTIONS"], provide_automatic_options=False)
-def options() -> Response:
+def _capabilities() -> Response:
     """Say which tus version and extensions the portal speaks, and the largest file."""
     return _reply(
         204,
@@ -100,9 +99,11 @@ def _metadata_refusal(metadata: dict[str, str]) -> tuple[int, str] | None:
     return None
 
 
-@bp.post("")
+@bp.route("", methods=["POST", "OPTIONS"], provide_automatic_options=False)
 def create() -> Response:
     """Start an upload: check the declared length and the file's name before any byte is sent."""
+    if request.method == "OPTIONS":
+        return _capabilities()
     if refused := _version_refused():
         return refused
     if "Upload-Defer-Length" in request.headers:
@@ -127,7 +128,7 @@ def create() -> Response:
     store.remove_stale()
     partial = store.create(current_user.id, length, metadata)
     headers: dict[str, str | int] = {
-        "Location": url_for("tus.status", upload_id=partial.id),
+        "Location": url_for("tus.upload", upload_id=partial.id),
         "Upload-Offset": 0,
     }
     if length == 0:
@@ -171,8 +172,17 @@ def _finish(store: PartialStore, partial: Partial) -> str:
     return str(result["state"])
 
 
-@bp.get("/<upload_id>")
-def status(upload_id: str) -> Response:
+@bp.route("/<upload_id>", methods=["GET", "PATCH", "DELETE"])
+def upload(upload_id: str) -> Response:
+    """One upload: its state (GET, HEAD), its next bytes (PATCH), its end (DELETE)."""
+    if request.method == "PATCH":
+        return _append(upload_id)
+    if request.method == "DELETE":
+        return _terminate(upload_id)
+    return _status(upload_id)
+
+
+def _status(upload_id: str) -> Response:
     """The upload's offset (tus HEAD) and, as JSON, its result once the file is in."""
     # HEAD without the header is answered like GET (monitoring, link checkers); a wrong
     # version is refused.
@@ -199,8 +209,7 @@ def status(upload_id: str) -> Response:
     return response
 
 
-@bp.route("/<upload_id>", methods=["PATCH"])
-def append(upload_id: str) -> Response:
+def _append(upload_id: str) -> Response:
     """Store the next bytes of an upload; on the last one, check and record the document."""
     if refused := _version_refused():
         return refused
@@ -239,8 +248,7 @@ def append(upload_id: str) -> Response:
     return _reply(204, **headers)
 
 
-@bp.delete("/<upload_id>")
-def terminate(upload_id: str) -> Response:
+def _terminate(upload_id: str) -> Response:
     """Abandon an upload: its received bytes are removed (a finished document stays)."""
     if refused := _version_refused():
         return refused
