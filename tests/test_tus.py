@@ -443,9 +443,11 @@ http {{
 
 
 @pytest.mark.live
-def test_a_file_larger_than_nginxs_body_cap_passes_in_chunks(tmp_path):
-    """nginx refuses any body over 1 MiB here (as a 100 MB cap would); tus chunks get through."""
+def test_a_real_server_keeps_a_cut_chunk_and_nginxs_body_cap_is_passed_in_chunks(tmp_path):
+    """On `portal run`: a chunk cut mid-way is kept up to its last byte received; behind
+    nginx refusing any body over 1 MiB (as a 100 MB cap would), tus chunks get through."""
     import http.client
+    import socket
     import subprocess
 
     from liveserver import Browser, Server, free_port, printed
@@ -497,8 +499,8 @@ def test_a_file_larger_than_nginxs_body_cap_passes_in_chunks(tmp_path):
         cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
         content = PDF_BYTES + os.urandom(3 * 1024 * 1024) + b"\n%%EOF\n"
 
-        def call(method: str, path: str, body: bytes = b"", **headers: str):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        def call(method: str, path: str, body: bytes = b"", via: int = port, **headers: str):
+            connection = http.client.HTTPConnection("127.0.0.1", via, timeout=30)
             try:
                 sent = {
                     "Cookie": cookie,
@@ -524,6 +526,35 @@ def test_a_file_larger_than_nginxs_body_cap_passes_in_chunks(tmp_path):
             return created.headers["Location"]
 
         octets = "application/offset+octet-stream"
+        # A connection cut in the middle of a chunk, straight to `portal run`: what arrived
+        # is kept, and HEAD says where to resume.
+        cut = start()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(
+                (
+                    f"PATCH {cut} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"
+                    f"X-CSRFToken: {token}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+                    f"Content-Type: {octets}\r\nContent-Length: {len(content)}\r\n\r\n"
+                ).encode()
+                + content[:300_000]
+            )
+        stored = 0
+        for _ in range(50):
+            stored = int(call("HEAD", cut).headers["Upload-Offset"])
+            if stored == 300_000:
+                break
+            time.sleep(0.1)
+        assert stored == 300_000
+        resumed = call(
+            "PATCH",
+            cut,
+            content[stored:],
+            via=server.port,
+            Upload_Offset=str(stored),
+            Content_Type=octets,
+        )
+        assert resumed.status == 204
+        assert resumed.headers["Portal-Upload-Result"] == "accepted"
         whole = start()
         refused = call("PATCH", whole, content, Upload_Offset="0", Content_Type=octets)
         assert refused.status == 413  # nginx's own refusal: one request cannot carry it all
