@@ -41,6 +41,17 @@ DROP = """(files) => {
     zone.dispatchEvent(new DragEvent(type, init));
   }
 }"""
+WATCH_STATES = """() => {
+  window.uploadStates = [];
+  new MutationObserver(() => {
+    for (const state of document.querySelectorAll(".upload-item .state")) {
+      window.uploadStates.push(state.textContent);
+    }
+  }).observe(document.getElementById("upload-list"), {
+    subtree: true, childList: true, characterData: true
+  });
+}"""
+SENDING = re.compile(r"Envoi\u00a0: \d{1,3}\u00a0% · \d+(,\d)?\u00a0Mo/s")
 ASSETS = """() => performance.getEntriesByType("resource")
   .filter((e) => e.initiatorType === "script" || e.initiatorType === "link")
   .reduce((sum, e) => sum + e.decodedBodySize, 0)"""
@@ -138,6 +149,7 @@ def test_an_upload_cut_mid_way_resumes_from_the_stored_bytes(
         route.continue_()
 
     page.route(re.compile(r".*/manage/tus/[0-9a-f]{32}$"), cut_the_second_chunk)
+    page.evaluate(WATCH_STATES)
     try:
         page.set_input_files("#files", str(path))
         page.click("main form button[type=submit]")
@@ -147,6 +159,11 @@ def test_an_upload_cut_mid_way_resumes_from_the_stored_bytes(
         page.unroute(re.compile(r".*/manage/tus/[0-9a-f]{32}$"))
     # The first chunk was kept; after the cut only the rest was sent again.
     assert offsets == ["0", str(chunk), str(chunk)]
+    # What the facilitator read on the way: progress with the speed, the cut, the check.
+    states = page.evaluate("window.uploadStates")
+    assert any(SENDING.fullmatch(state) for state in states), states
+    assert "Connexion perdue\u00a0; reprise en cours…" in states
+    assert "Reçu\u00a0; vérification du fichier…" in states
     edit_url = item.locator(".state a").get_attribute("href")
     document_id = re.search(r"/documents/(\d+)/edit", edit_url).group(1)
     served = page.request.get(f"/documents/{document_id}/Enregistrement.pdf")
