@@ -32,8 +32,6 @@ from ..tus import (
 
 bp = Blueprint("tus", __name__, url_prefix="/manage/tus")
 
-#: The only body a PATCH may carry (tus core); anything else never reaches a form parser.
-OFFSET_STREAM = "application/offset+octet-stream"
 LIMITS = {"tags": 500, "title": 255, "description": 5000}
 
 
@@ -272,7 +270,6 @@ def _terminate(upload_id: str) -> Response:
     return _reply(204)
 
 
-#: What the upload page tells its script: where to send, how much per request.
 def client_settings() -> dict[str, str | int]:
     """Return the data attributes the upload page gives upload.js."""
     return {
