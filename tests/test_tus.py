@@ -273,6 +273,19 @@ def test_repeating_the_last_chunk_after_a_lost_reply_is_harmless(app, tus):
     assert count_rows(app, Document) == 1
 
 
+def test_an_upload_whose_check_never_ran_is_finished_by_an_empty_last_chunk(app, tus, instance_dir):
+    """All bytes stored, then the server stopped before checking them (or failed to)."""
+    location = tus.create(len(PDF_BYTES)).headers["Location"]
+    upload_id = location.rsplit("/", 1)[1]
+    (instance_dir / "tus" / f"{upload_id}.bin").write_bytes(PDF_BYTES)
+    state = tus.client.get(location).get_json()
+    assert (state["state"], state["offset"]) == ("uploading", len(PDF_BYTES))
+    reply = tus.patch(location, len(PDF_BYTES), b"")
+    assert reply.status_code == 204
+    assert reply.headers["Portal-Upload-Result"] == "accepted"
+    assert count_rows(app, Document) == 1
+
+
 def test_termination_removes_the_partial_upload(tus, instance_dir):
     location = tus.create(len(BIG_PDF)).headers["Location"]
     tus.patch(location, 0, BIG_PDF[:5000])

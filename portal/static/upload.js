@@ -106,6 +106,32 @@
     return fill(msg.speed, { speed: text });
   }
 
+  function verdict(url, again) {
+    // Every byte is in but the server may not have checked the file yet (its answer to the
+    // last chunk was lost, or it failed then): an empty last chunk asks it to, once.
+    return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        return response.json();
+      })
+      .then(function (result) {
+        if (result.state !== "uploading" || result.offset !== result.length || !again) {
+          return result;
+        }
+        return fetch(url, {
+          method: "PATCH",
+          credentials: "same-origin",
+          headers: {
+            "Tus-Resumable": "1.0.0",
+            "X-CSRFToken": token,
+            "Upload-Offset": String(result.length),
+            "Content-Type": "application/offset+octet-stream"
+          }
+        }).then(function () {
+          return verdict(url, false);
+        });
+      });
+  }
+
   function send(file, metadata) {
     var view = row(file);
     var samples = [];
@@ -133,16 +159,15 @@
         return status === 0 || status >= 500 || status === 409 || status === 423;
       },
       onSuccess: function () {
-        fetch(upload.url, { credentials: "same-origin", headers: { Accept: "application/json" } })
-          .then(function (response) {
-            return response.json();
-          })
+        verdict(upload.url, true)
           .then(function (result) {
             done = true;
             if (result.state === "accepted") {
               finish(view, "accepted", msg.accepted, result.url);
-            } else {
+            } else if (result.state === "rejected") {
               finish(view, "rejected", fill(msg.rejected, { reason: result.reason || "" }));
+            } else {
+              finish(view, "failed", msg.failed);
             }
           })
           .catch(function () {
