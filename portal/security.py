@@ -22,7 +22,12 @@ INLINE_PDF_POLICY = "default-src 'none'; object-src 'self'; frame-ancestors 'sel
 
 #: Endpoints whose requests may carry files; every other request body is kept small.
 UPLOAD_ENDPOINTS = frozenset({"manage.upload", "manage.replace_document_file"})
+#: The tus PATCH: a raw byte stream (never a form), written to disk by its view in chunks.
+STREAM_ENDPOINTS = frozenset({"tus.upload"})
+STREAM_MIMETYPE = "application/offset+octet-stream"
 SMALL_BODY_LIMIT = 64 * 1024
+#: Blueprints for facilitators only: strangers are sent to the login page.
+FACILITATOR_BLUEPRINTS = frozenset({"manage", "admin", "tus"})
 
 
 class SessionInterface(SecureCookieSessionInterface):
@@ -48,18 +53,21 @@ def _buffer_small_body() -> None:
 
 def guard_request() -> Response | None:
     """Limit the body, keep strangers out of /manage before reading it, then check CSRF."""
-    if request.endpoint not in UPLOAD_ENDPOINTS:
+    streamed = request.endpoint in STREAM_ENDPOINTS and request.method == "PATCH"
+    if request.endpoint not in UPLOAD_ENDPOINTS and not streamed:
         request.max_content_length = SMALL_BODY_LIMIT
         if request.content_length is None and request.method in {"POST", "PUT", "PATCH"}:
             _buffer_small_body()
-    if request.blueprint in {"manage", "admin"} and not can_manage(current_user):
+    if request.blueprint in FACILITATOR_BLUEPRINTS and not can_manage(current_user):
         # Decided before the body is read: an anonymous upload never reaches the disk.
-        return redirect(
-            url_for("auth.login", next=request.path), 303 if request.method == "POST" else 302
-        )
+        code = 302 if request.method in {"GET", "HEAD"} else 303
+        return redirect(url_for("auth.login", next=request.path), code)
     if "\x00" in request.path or any("\x00" in v for k, v in request.args.items() if k != "next"):
         # No database accepts NUL in text: refuse it here rather than as a database error.
         abort(400)
+    if streamed and request.mimetype != STREAM_MIMETYPE:
+        # Any other type could be parsed as a form by the CSRF check, without the small limit.
+        abort(415)
     if request.routing_exception is None:
         # An unknown path or a wrong method gets its 404/405, not a CSRF error.
         csrf.protect()

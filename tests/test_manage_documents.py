@@ -381,3 +381,40 @@ def test_dashboard_shows_download_counts(app, manager, make_document):
     }
     assert rows == {"Souvent lu": "3", "Jamais lu": "0"}
     assert "3 downloads in all" in page
+
+
+# --- errors next to the fields ---------------------------------------------------------
+
+
+def test_a_refused_edit_keeps_what_was_typed_and_marks_the_field(app, manager, make_document):
+    document = make_document(title="Titre")
+    response = edit(
+        manager, document.id, title="   ", description="Ma description", tags="climat, eau"
+    )
+    assert response.status_code == 400
+    page = response.text
+    assert re.search(
+        r'<input[^>]*aria-describedby="title-error"[^>]*aria-invalid="true"', page
+    ) or (re.search(r'<input[^>]*aria-invalid="true"[^>]*aria-describedby="title-error"', page))
+    assert re.search(r'<p class="error" id="title-error">[^<]+</p>', page)
+    assert "Ma description</textarea>" in page
+    assert 'value="climat, eau"' in page
+    # The summary above the form leads to the field, and only to it.
+    summary = page.split('class="error-summary"', 1)[1].split("</div>", 1)[0]
+    assert re.findall(r'href="#([^"]+)"', summary) == ["title"]
+
+
+def test_a_refused_replacement_shows_the_reason_next_to_the_file_field(app, manager, make_document):
+    document = make_document()
+    response = replace(manager, document.id, b"MZ\x90\x00", "outil.exe")
+    assert response.status_code == 400
+    page = response.text
+    assert re.search(
+        r'<p class="error" id="file-error">This type of file is not accepted.</p>', page
+    )
+    assert 'aria-describedby="file-error"' in page
+
+
+def test_a_valid_edit_page_has_no_error_summary(manager, make_document):
+    document = make_document()
+    assert "error-summary" not in manager.get(f"/manage/documents/{document.id}/edit").text

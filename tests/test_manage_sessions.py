@@ -324,3 +324,25 @@ def test_unknown_session_ids_get_404(app, manager, make_meeting, method, path):
     assert response.status_code == 404
     assert "Page not found" in response.text
     assert meetings(app) == before
+
+
+def test_a_refused_session_edit_keeps_what_was_typed_with_the_error_next_to_the_field(
+    app, manager, make_meeting
+):
+    meeting = make_meeting("Atelier")
+    response = post_edit(
+        manager,
+        meeting.id,
+        title="Atelier renommé",
+        facilitators="Léa, Sam",
+        starts_at="2020-11-21T12:00",
+        ends_at="2020-11-21T11:00",
+    )
+    assert response.status_code == 400
+    page = response.text
+    assert 'value="Atelier renommé"' in page
+    assert 'value="Léa, Sam"' in page
+    assert 'value="2020-11-21T11:00"' in page
+    assert 'aria-describedby="ends_at-error"' in page
+    summary = page.split('class="error-summary"', 1)[1].split("</div>", 1)[0]
+    assert re.findall(r'href="#([^"]+)"', summary) == ["ends_at"]

@@ -500,3 +500,37 @@ def test_one_rejected_file_does_not_stop_the_others(app, uploader, storage_dir):
     assert response.status_code == 200
     assert [r["original_name"] for r in documents(app)] == ["bon.pdf"]
     assert len(stored_files(storage_dir)) == 1
+
+
+# --- the upload page's scripts ----------------------------------------------------------
+
+
+def _assets(page: str) -> list[str]:
+    return re.findall(r'<(?:script src|link rel="stylesheet" href)="([^"]+)"', page)
+
+
+def test_the_upload_page_loads_under_100_kb_of_css_and_javascript_all_from_the_portal(
+    facilitator,
+):
+    page = facilitator.get("/manage/upload").get_data(as_text=True)
+    assets = _assets(page)
+    assert any(a.endswith("/upload.js") for a in assets)
+    assert any(a.endswith("/vendor/tus.min.js") for a in assets)
+    total = 0
+    for url in assets:
+        assert url.startswith("/static/"), url
+        response = facilitator.get(url)
+        assert response.status_code == 200
+        total += len(response.data)
+        response.close()
+    assert total < 100_000, total
+    # The CSP forbids inline scripts and handlers; the page relies on none.
+    assert "<script>" not in page
+    assert not re.search(r"<[^>]+\son[a-z]+=", page)
+
+
+def test_the_upload_page_gives_its_script_the_tus_endpoint_and_translated_messages(facilitator):
+    page = facilitator.get("/manage/upload").get_data(as_text=True)
+    assert 'data-endpoint="/manage/tus"' in page
+    assert 'data-sending="Envoi\u00a0: {percent}\u00a0% · {speed}"' in page
+    assert 'data-rejected="Refusé\u00a0: {reason}"' in page

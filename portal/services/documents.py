@@ -54,12 +54,21 @@ def incoming_from(source: FileStorage | BinaryIO) -> IncomingFile:
     return incoming
 
 
-def _accepted(incoming: IncomingFile, filename: str) -> tuple[str, str]:
-    """Check an upload against the rules; return its clean name and extension."""
+def check_name(filename: str) -> tuple[str, str]:
+    """Check an upload's name against the allow-list; return its clean name and extension.
+
+    Resumable uploads ask this before the first byte is sent, then again with the content.
+    """
     name = clean_filename(filename)
     ext = extension_of(name)
     if ext not in current_app.config["ALLOWED_EXTENSIONS"]:
         raise UploadRejected(_l("This type of file is not accepted."))
+    return name, ext
+
+
+def _accepted(incoming: IncomingFile, filename: str) -> tuple[str, str]:
+    """Check an upload against the rules; return its clean name and extension."""
+    name, ext = check_name(filename)
     if incoming.size == 0:
         raise UploadRejected(_l("The file is empty."))
     if not content_matches(ext, incoming.head(), incoming.path):

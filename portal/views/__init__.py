@@ -44,8 +44,8 @@ def url_in_language(code: str) -> str:
 
 def init_app(app: Flask) -> None:
     """Register every blueprint and the template helpers."""
-    from . import admin, auth, gate, health, manage, programme
+    from . import admin, auth, gate, health, manage, programme, uploads_tus
 
-    for module in (health, gate, auth, programme, manage, admin):
+    for module in (health, gate, auth, programme, manage, uploads_tus, admin):
         app.register_blueprint(module.bp)
     app.context_processor(_template_context)

@@ -23,6 +23,7 @@ from ..services.documents import (
 )
 from ..services.event import EventError, delete_meeting, save_meeting
 from ..timezones import local_naive, to_utc
+from .uploads_tus import client_settings
 
 bp = Blueprint("manage", __name__, url_prefix="/manage")
 
@@ -61,12 +62,12 @@ def upload() -> ResponseReturnValue:
     form.session.choices = session_choices(_meetings(), _("General documents"))
     if not form.is_submitted():
         form.session.data = request.args.get("session", "")
-        return render_template("manage/upload.html", form=form)
+        return render_template("manage/upload.html", form=form, tus_settings=client_settings())
     files = [f for f in request.files.getlist("files") if f.filename]
     if not form.validate_on_submit() or not files:
         if not files:
             form.files.errors = [_("Choose at least one file.")]
-        return render_template("manage/upload.html", form=form), 400
+        return render_template("manage/upload.html", form=form, tus_settings=client_settings()), 400
     meeting = _chosen_meeting(form.session.data)
     single = len(files) == 1
     accepted, rejected, statuses = [], [], []
