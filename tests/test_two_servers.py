@@ -2,7 +2,8 @@
 
 Each has its own instance folder; they share one PostgreSQL database, one S3 bucket (moto's
 server), one Redis database and the secret key. What one server does, the other sees: no
-state lives only in one process.
+state lives only in one process. The settings file and the set-up commands are those of
+docs/deploy.md, with this machine's addresses and secrets put in.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 import liveserver
 import pytest
 from conftest import TEST_DATABASE_URL, _reset_postgresql
-from liveserver import PORTAL, Browser, Reply, Server, free_port, portal_env
+from deploy_guide import block, replace_all
+from liveserver import PORTAL, Browser, Reply, Server, free_port
 from s3server import s3_endpoint_fixture  # noqa: F401 - fixture
 
 pytestmark = [
@@ -32,7 +34,7 @@ pytestmark = [
 
 #: Not db 15: tests/test_redis_limits.py flushes that one.
 REDIS_URL = "redis://127.0.0.1:6379/14"
-SHARED_PASSWORD = "mot de passe partagé 2020"
+SHARED_PASSWORD = "mot de passe partage 2020"
 ADMIN_EMAIL, ADMIN_PASSWORD = "admin@example.org", "admin-password-2020"
 CONTENT = b"%PDF-1.4\n" + os.urandom(200_000) + b"\n%%EOF\n"
 
@@ -60,36 +62,57 @@ def pair(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator
     redis.flushdb()
     _reset_postgresql(TEST_DATABASE_URL)
     bucket = f"portal-{secrets.token_hex(6)}"
-    secret_key = secrets.token_hex(32)
+    roots = [tmp_path_factory.mktemp("machine-a"), tmp_path_factory.mktemp("machine-b")]
+    settings = replace_all(
+        block("sh", "# /etc/portal/portal.env"),
+        {
+            "/srv/portal/instance": "INSTANCE",
+            "postgresql://portal:PASSWORD@db.internal:5432/portal": TEST_DATABASE_URL,
+            "s3://portail-supports/events-2020": f"s3://{bucket}/events-2020",
+            "https://s3.internal:9000": s3_endpoint,
+            "AWS_ACCESS_KEY_ID=KEY": f"AWS_ACCESS_KEY_ID={os.environ['AWS_ACCESS_KEY_ID']}",
+            "AWS_SECRET_ACCESS_KEY=SECRET": (
+                f"AWS_SECRET_ACCESS_KEY={os.environ['AWS_SECRET_ACCESS_KEY']}"
+            ),
+            "redis://redis.internal:6379/0": REDIS_URL,
+            "PORTAL_SECRET_KEY=SECRET_KEY": f"PORTAL_SECRET_KEY={secrets.token_hex(32)}",
+        },
+    )
+
+    def env_file(root: Path) -> Path:
+        path = root / "portal.env"
+        path.write_text(settings.replace("INSTANCE", str(root / "instance")))
+        return path
 
     def environment(root: Path) -> dict[str, str]:
-        env = portal_env(root)
-        env.update(
-            PORTAL_STORAGE=f"s3://{bucket}/portal",
-            PORTAL_S3_ENDPOINT_URL=s3_endpoint,
-            PORTAL_RATELIMIT_STORAGE_URI=REDIS_URL,
-            # Every server signs the same cookies.
-            PORTAL_SECRET_KEY=secret_key,
-        )
+        """What systemd's EnvironmentFile gives the server: the guide's settings only."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+        for line in env_file(root).read_text().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.partition("=")
+                env[name] = value
         return env
 
-    roots = [tmp_path_factory.mktemp("machine-a"), tmp_path_factory.mktemp("machine-b")]
-
-    def portal(*args: str, stdin: str = "") -> None:
+    # The guide's one-time set-up, line by line, in bash, as an administrator types it.
+    setup = block("sh", "portal check --deploy").splitlines()
+    assert setup[0] == "set -a && . /etc/portal/portal.env && set +a"
+    answers = {"create-facilitator": ADMIN_PASSWORD, "set-password": SHARED_PASSWORD}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+    env["PATH"] = f"{PORTAL.parent}:{env.get('PATH', '')}"
+    for command in setup[1:]:
+        command = command.replace("admin@example.org", ADMIN_EMAIL)
+        stdin = next((answer for word, answer in answers.items() if word in command), "")
+        source = setup[0].replace("/etc/portal/portal.env", str(env_file(roots[0])))
         done = subprocess.run(
-            [str(PORTAL), *args],
-            input=stdin,
+            ["bash", "-c", f"{source} && {command}"],
+            input=stdin + "\n",
             capture_output=True,
             text=True,
             cwd=roots[0],
-            env=environment(roots[0]),
+            env=env,
             timeout=60,
         )
-        assert done.returncode == 0, done.stderr
-
-    portal("init")
-    portal("set-password", "--password-stdin", stdin=SHARED_PASSWORD + "\n")
-    portal("create-facilitator", ADMIN_EMAIL, "--admin", "--password-stdin", stdin=ADMIN_PASSWORD)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
     servers: list[Server] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(liveserver, "portal_env", environment)
