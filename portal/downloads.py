@@ -8,6 +8,7 @@ redirect to a short-lived presigned link.
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -63,23 +64,29 @@ def _disposition(name: str, *, inline: bool) -> str:
 
 
 class _StoredBody:
-    """A stored object's bytes, fetched only when sent, and only the range asked for.
+    """A stored object's bytes, or just the range the response sends.
 
-    Werkzeug's range handling seeks a seekable body to the range's start; the stop is set
-    once the response knows its range, so the store sends just those bytes.
+    The store is asked while the request is handled, so a failing store still gets the
+    error page; the bytes are read as the response is sent. Werkzeug's range handling
+    seeks the body to where it already starts.
     """
 
-    def __init__(self, key: str, size: int) -> None:
+    def __init__(self, key: str) -> None:
         self.storage = _storage()
         self.key = key
-        self.start, self.stop = 0, size
+        self.start = 0
         self.reader: Any = None
+
+    def open(self, start: int, stop: int) -> None:
+        self.start = start
+        self.reader = self.storage.open(self.key, start, stop)
 
     def seekable(self) -> bool:
         return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self.start = offset
+        if offset != self.start:
+            raise OSError("the stored body starts elsewhere")
         return offset
 
     def tell(self) -> int:
@@ -89,9 +96,7 @@ class _StoredBody:
         return self
 
     def __next__(self) -> bytes:
-        if self.reader is None:
-            self.reader = self.storage.open(self.key, self.start, self.stop)
-        chunk = self.reader.read(CHUNK)
+        chunk = self.reader.read(CHUNK) if self.reader is not None else b""
         if not chunk:
             raise StopIteration
         return chunk
@@ -103,18 +108,24 @@ class _StoredBody:
 
 def _streamed_response(document: Document, *, inline: bool) -> Response:
     """Stream a file from a store that has no local path, with Range and revalidation."""
-    body = _StoredBody(document.storage_key, document.size)
+    body = _StoredBody(document.storage_key)
     response = Response(body, mimetype=document.content_type, direct_passthrough=True)
     response.headers["Content-Disposition"] = _disposition(document.original_name, inline=inline)
     response.content_length = document.size
     response.last_modified = document.updated_at
     response.set_etag(document.sha256)
+    # As send_file does for local files: revalidate every time.
+    response.cache_control.no_cache = True
     response.cache_control.max_age = 0
+    response.expires = time.time()
     response = response.make_conditional(
         request.environ, accept_ranges=True, complete_length=document.size
     )
-    if response.status_code == 206 and response.content_range.stop is not None:
-        body.stop = response.content_range.stop
+    if request.method != "HEAD" and response.status_code in (200, 206):
+        start, stop = 0, document.size
+        if response.status_code == 206 and response.content_range:
+            start, stop = response.content_range.start, response.content_range.stop
+        body.open(start, stop)
     return response
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -278,7 +279,22 @@ class S3Storage(Storage):
         self.bucket, self.prefix = parse_setting(setting)
         self.endpoint_url = endpoint_url or None
         self.presigned = presigned
-        self.client = client or _make_client(self.endpoint_url)
+        self._client: Any = None
+        self._client_pid = 0
+        # Made now, so that a bad setting fails at start, not at the first request.
+        self.client = client if client is not None else _make_client(self.endpoint_url)
+
+    @property
+    def client(self) -> Any:
+        """boto3's client for this process: a forked gunicorn worker never shares sockets."""
+        if self._client is None or self._client_pid != os.getpid():
+            self._client = _make_client(self.endpoint_url)
+            self._client_pid = os.getpid()
+        return self._client
+
+    @client.setter
+    def client(self, client: Any) -> None:
+        self._client, self._client_pid = client, os.getpid()
 
     def __repr__(self) -> str:
         return f"S3Storage({self.setting!r})"

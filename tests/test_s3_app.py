@@ -242,3 +242,42 @@ def test_refused_credentials_give_a_503_page(app, participant, make_document):
     with Stubber(storage.client) as stub:
         stub.add_client_error("head_object", "InvalidAccessKeyId", http_status_code=403)
         assert_unavailable_page(participant.get(f"/documents/{document.id}/x"))
+
+
+def test_s3_and_local_downloads_carry_the_same_headers(app, app_config, tmp_path, make_document):
+    from portal.services.documents import add_document
+
+    on_s3 = make_document("Résumé.pdf", PDF_BYTES)
+    local = create_app({**app_config, "STORAGE": str(tmp_path / "local"), "S3_ENDPOINT_URL": None})
+    with local.app_context():
+        local.extensions["portal.storage"].create()
+        on_disk = add_document(io.BytesIO(PDF_BYTES), "Résumé.pdf").id
+        db.session.remove()
+    answers = []
+    for application, document_id in ((app, on_s3.id), (local, on_disk)):
+        client = application.test_client()
+        assert unlock(client).status_code == 303
+        for headers in ({}, {"Range": "bytes=3-9"}):
+            response = fetch(client, f"/documents/{document_id}/x", headers=headers)
+            answers.append(
+                (
+                    response.status_code,
+                    response.data,
+                    sorted(set(response.headers.keys()) - {"Date", "Set-Cookie", "Vary"}),
+                    {k: response.headers[k] for k in ("Content-Disposition", "Cache-Control")},
+                )
+            )
+    assert answers[:2] == answers[2:]
+
+
+def test_a_store_failing_after_the_size_check_still_gives_the_503_page(
+    app, participant, make_document
+):
+    from botocore.stub import Stubber
+
+    document = make_document("support.pdf")
+    storage: S3Storage = app.extensions["portal.storage"]
+    with Stubber(storage.client) as stub:
+        stub.add_response("head_object", {"ContentLength": document.size})
+        stub.add_client_error("get_object", "AccessDenied", http_status_code=403)
+        assert_unavailable_page(participant.get(f"/documents/{document.id}/x"))
