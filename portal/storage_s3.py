@@ -102,7 +102,7 @@ class _SparseView:
 class S3IncomingFile(IncomingFile):
     """An upload streaming into a multipart upload; ``path`` is a view for the content check."""
 
-    def __init__(self, storage: S3Storage, key: str) -> None:  # noqa: D107 - no local file
+    def __init__(self, storage: S3Storage, key: str) -> None:  # no local file: no super()
         self.storage = storage
         self.key = key
         self._sha256 = hashlib.sha256()

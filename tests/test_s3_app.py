@@ -162,6 +162,10 @@ def test_check_verifies_every_object_and_quarantines_orphans(
     client.put_object(Bucket=s3_bucket, Key=damaged_key, Body=b"changed notes\n\n")
     orphan = "0" * 32
     client.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/{orphan}", Body=b"nobody's")
+    command = app.test_cli_runner().invoke(args=["check"])
+    assert command.exit_code == 1
+    assert f"checksum mismatch: document {damaged.id}" in command.output
+    assert f"orphan file: {orphan}" in command.output
     with app.app_context():
         report = check_storage(repair=True)
     text = "\n".join(report.lines())

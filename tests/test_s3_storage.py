@@ -106,13 +106,14 @@ def test_quarantine_moves_the_object_under_the_quarantine_prefix(store):
     assert list(store.objects()) == [], "quarantined objects are not listed as stored files"
 
 
-def test_restore_is_a_conditional_write_that_never_replaces(store, monkeypatch):
+@pytest.mark.parametrize("size", [6, PART_SIZE + 6], ids=["one request", "multipart"])
+def test_restore_is_a_conditional_write_that_never_replaces(store, monkeypatch, size):
     key = "a" * 32
     store.restore(key, io.BytesIO(b"first"))
     # Even when the look-before-writing misses a file written meanwhile, the store refuses.
     monkeypatch.setattr(store, "size", lambda key: None)
     with pytest.raises(StorageError, match="already stored"):
-        store.restore(key, io.BytesIO(b"second"))
+        store.restore(key, io.BytesIO(b"second" * (size // 6)))
     assert store.client.get_object(Bucket=store.bucket, Key=f"portal/{key}")["Body"].read() == (
         b"first"
     )
