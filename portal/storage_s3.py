@@ -3,8 +3,8 @@
 Objects are named ``<prefix><32 random hex digits>``, like the files of a local folder.
 An upload streams into a multipart upload under its final key, a part at a time; the
 object exists only once the upload is completed, so it is always whole. Nothing of an
-upload is kept on the server's disk, and at most one part (plus the first and last bytes
-the content checks need) is held in memory.
+upload is kept on the server's disk; memory holds the part being filled, the copy being
+sent, and the first and last bytes the content checks need (about 20 MiB), never the file.
 """
 
 from __future__ import annotations
