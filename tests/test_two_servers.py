@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import secrets
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ class Pair:
     first: Server
     second: Server
     bucket: str
+    env_file: Path
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +124,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator
                 server = Server(root, free_port(), workers=1)
                 servers.append(server)
                 server.wait_ready()
-            yield Pair(servers[0], servers[1], bucket)
+            yield Pair(servers[0], servers[1], bucket, env_file(roots[0]))
         finally:
             for server in servers:
                 server.stop()
@@ -250,3 +253,31 @@ def test_failed_gate_attempts_count_across_both_servers(pair):
     browser = Browser(pair.first.port)
     token = browser.csrf("/access")
     assert browser.post("/access", {"password": "faux", "csrf_token": token}).status == 429
+
+
+def test_the_guides_nightly_backup_saves_the_shared_installation(pair, tmp_path):
+    (line,) = [
+        entry
+        for entry in block("sh", "/etc/cron.d/portal-backup").splitlines()
+        if not entry.startswith("#")
+    ]
+    *schedule, user, command = line.split(maxsplit=6)
+    assert (schedule, user) == (["15", "3", "*", "*", "*"], "portal")
+    # What cron runs: its own "%" escapes undone, with this machine's paths.
+    command = replace_all(
+        command.replace("\\%", "%"),
+        {
+            "/etc/portal/portal.env": str(pair.env_file),
+            "/srv/portal/venv/bin/portal": str(PORTAL),
+            "/var/backups/portal/": f"{tmp_path}/",
+        },
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "AWS_"))}
+    done = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    (archive,) = tmp_path.glob("portal-*.zip")
+    with zipfile.ZipFile(archive) as opened:
+        manifest = json.loads(opened.read("manifest.json"))
+    assert manifest["tables"]["facilitators"] == 1
