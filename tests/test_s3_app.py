@@ -285,3 +285,18 @@ def test_a_store_failing_after_the_size_check_still_gives_the_503_page(
         stub.add_response("head_object", {"ContentLength": document.size})
         stub.add_client_error("get_object", "AccessDenied", http_status_code=403)
         assert_unavailable_page(participant.get(f"/documents/{document.id}/x"))
+
+
+def test_a_head_request_asks_the_store_for_the_size_only(app, participant, make_document):
+    from botocore.stub import Stubber
+
+    document = make_document("support.pdf")
+    storage: S3Storage = app.extensions["portal.storage"]
+    # The stub answers one HEAD and nothing else: a GET of the object would fail the test.
+    with Stubber(storage.client) as stub:
+        stub.add_response("head_object", {"ContentLength": document.size})
+        response = participant.head(f"/documents/{document.id}/x")
+        stub.assert_no_pending_responses()
+    assert response.status_code == 200
+    assert response.headers["Content-Length"] == str(document.size)
+    assert response.data == b""
