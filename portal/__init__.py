@@ -56,7 +56,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     i18n.init_app(app)
     uploads.init_app(app)
-    app.extensions["portal.storage"] = storage_from_setting(app.config["STORAGE"])
+    app.extensions["portal.storage"] = storage_from_setting(
+        app.config["STORAGE"],
+        endpoint_url=app.config["S3_ENDPOINT_URL"],
+        presigned=app.config["S3_PRESIGNED"],
+    )
 
     from . import database, views
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import secrets
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -520,6 +521,22 @@ def _chunks(items: list[dict[str, Any]], size: int = 1000) -> Iterator[list[dict
         yield items[start : start + size]
 
 
+@contextmanager
+def _pipeline_errors_reported_once() -> Iterator[None]:
+    """Keep psycopg from printing a second line about the failed insert it already raised.
+
+    When rows break a constraint, psycopg raises the error and also logs, as a warning,
+    that closing its pipeline failed because of it; the refusal line says everything.
+    """
+    logger = logging.getLogger("psycopg")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def restore_backup(path: Path, initialise: Callable[[], None]) -> Summary:
     """Load the archive at ``path`` into this (empty) instance."""
     archive = open_archive(path)
@@ -539,13 +556,14 @@ def restore_backup(path: Path, initialise: Callable[[], None]) -> Summary:
         summary = Summary()
         written: list[str] = []
         try:
-            for table in _tables():
-                found = archive.rows.get(table.name, [])
-                if table.name in SINGLETON_TABLES:
-                    db.session.execute(table.delete())
-                for chunk in _chunks(found):
-                    db.session.execute(table.insert(), chunk)
-                summary.tables[table.name] = len(found)
+            with _pipeline_errors_reported_once():
+                for table in _tables():
+                    found = archive.rows.get(table.name, [])
+                    if table.name in SINGLETON_TABLES:
+                        db.session.execute(table.delete())
+                    for chunk in _chunks(found):
+                        db.session.execute(table.insert(), chunk)
+                    summary.tables[table.name] = len(found)
             for key, entry in archive.files.items():
                 reader = archive.open_file(key)
                 storage.restore(key, reader)

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
@@ -82,6 +83,27 @@ def _extensions(raw: str | None) -> frozenset[str]:
     return frozenset(chosen - {""} - FORBIDDEN_EXTENSIONS)
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, not {raw!r}")
+
+
+def _endpoint_url(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(
+            f"PORTAL_S3_ENDPOINT_URL must be an http(s) address such as https://s3.example.org,"
+            f" not {raw!r}"
+        )
+    return raw.strip()
+
+
 def _accel_prefix(raw: str | None) -> str:
     if not raw:
         return ""
@@ -133,6 +155,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "PROXY_FIX": _int(env, "PORTAL_PROXY_FIX", 0),
         # With local storage, let nginx send the bytes: the internal location's prefix.
         "ACCEL_REDIRECT": _accel_prefix(env.get("PORTAL_ACCEL_REDIRECT")),
+        # S3-compatible storage other than AWS: its address (credentials: AWS_* variables).
+        "S3_ENDPOINT_URL": _endpoint_url(env.get("PORTAL_S3_ENDPOINT_URL")),
+        # Downloads from S3 as a redirect to a short-lived presigned link.
+        "S3_PRESIGNED": _flag(env, "PORTAL_S3_PRESIGNED"),
         "TIMEZONE": timezone,
         "BABEL_DEFAULT_TIMEZONE": timezone,
         # argon2id at OWASP's second recommended profile (m=19 MiB, t=2, p=1).

@@ -63,14 +63,18 @@ def check_storage(repair: bool = False) -> Report:
     # List the files first: an upload finishing meanwhile then looks complete, not orphaned.
     try:
         objects = list(storage.objects())
-    except OSError:
+    except (OSError, StorageError):
         objects = []
     known: set[str] = set()
     for document in db.session.scalars(db.select(Document).order_by(Document.id)):
         report.checked += 1
         known.add(document.storage_key)
         label = f"document {document.id} ({document.original_name!r})"
-        size = storage.size(document.storage_key)
+        try:
+            size = storage.size(document.storage_key)
+        except StorageError as error:
+            report.problems.append(f"unreadable file: {label}: {error}")
+            continue
         if size is None:
             report.problems.append(f"missing file: {label}, key {document.storage_key}")
         elif size != document.size:

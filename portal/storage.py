@@ -156,12 +156,19 @@ class Storage(ABC):
         """Remove a temporary file that will not be kept."""
 
     @abstractmethod
-    def open(self, key: str) -> BinaryIO:
-        """Open a stored file for reading."""
+    def open(self, key: str, start: int = 0, stop: int | None = None) -> BinaryIO:
+        """Open a stored file for reading, from byte ``start`` up to ``stop`` (excluded)."""
 
     @abstractmethod
     def local_path(self, key: str) -> Path | None:
         """Return the file's path when it is on this machine's disk (for sendfile)."""
+
+    def download_url(self, key: str, *, content_type: str, disposition: str) -> str | None:
+        """A short-lived link the client may fetch the file from directly, if any.
+
+        The store must answer it with ``content_type`` and ``disposition``.
+        """
+        return None
 
     @abstractmethod
     def size(self, key: str) -> int | None:
@@ -278,12 +285,16 @@ class LocalStorage(Storage):
             if not incoming.committed:
                 incoming.path.unlink(missing_ok=True)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str, start: int = 0, stop: int | None = None) -> BinaryIO:
+        # ``stop`` only matters to stores that fetch ranges; a local reader just stops reading.
         try:
             fd = os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW)
-            return os.fdopen(fd, "rb")
+            handle = os.fdopen(fd, "rb")
         except OSError as error:
             raise StorageError(f"cannot read stored file {key}") from error
+        if start:
+            handle.seek(start)
+        return handle
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
@@ -360,8 +371,12 @@ class LocalStorage(Storage):
         return str(target)
 
 
-def storage_from_setting(setting: str) -> Storage:
-    """Build the storage named by ``PORTAL_STORAGE``."""
+def storage_from_setting(
+    setting: str, *, endpoint_url: str | None = None, presigned: bool = False
+) -> Storage:
+    """Build the storage named by ``PORTAL_STORAGE``: a folder, or ``s3://bucket/prefix``."""
     if setting.startswith("s3://"):
-        raise StorageError("S3 storage is not available in this version")
+        from .storage_s3 import S3Storage
+
+        return S3Storage(setting, endpoint_url=endpoint_url, presigned=presigned)
     return LocalStorage(setting)

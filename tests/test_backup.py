@@ -60,6 +60,9 @@ class Site:
 
     root: Path
     database: str | None = None
+    #: ``s3://bucket/prefix`` for an installation on S3 (``endpoint``: the S3 server's URL).
+    storage: str | None = None
+    endpoint: str | None = None
 
     @property
     def instance_dir(self) -> Path:
@@ -76,7 +79,9 @@ class Site:
     def portal(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
         env["PORTAL_INSTANCE_DIR"] = str(self.instance_dir)
-        env["PORTAL_STORAGE"] = str(self.storage_dir)
+        env["PORTAL_STORAGE"] = self.storage or str(self.storage_dir)
+        if self.endpoint:
+            env["PORTAL_S3_ENDPOINT_URL"] = self.endpoint
         if self.database:
             env["PORTAL_DATABASE_URL"] = self.database
         return subprocess.run(
@@ -96,7 +101,8 @@ class Site:
             {
                 "TESTING": True,
                 "INSTANCE_DIR": str(self.instance_dir),
-                "STORAGE": str(self.storage_dir),
+                "STORAGE": self.storage or str(self.storage_dir),
+                "S3_ENDPOINT_URL": self.endpoint,
                 "SQLALCHEMY_DATABASE_URI": self.url,
                 "PASSWORD_HASH": {"time_cost": 1, "memory_cost": 8, "parallelism": 1},
             }
@@ -130,12 +136,32 @@ class Site:
 
     def files(self) -> dict[str, str]:
         """Every stored file (temporary ones aside): key → SHA-256 of its bytes."""
+        if self.storage:
+            return self._objects()
         if not self.storage_dir.is_dir():
             return {}
         return {
             path.name: hashlib.sha256(path.read_bytes()).hexdigest()
             for path in self.storage_dir.iterdir()
             if path.is_file()
+        }
+
+    def _objects(self) -> dict[str, str]:
+        """What is really in the bucket under the prefix, read with a plain S3 client."""
+        import boto3
+        from botocore.config import Config
+
+        bucket, _, prefix = self.storage.removeprefix("s3://").partition("/")
+        prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        client = boto3.client(
+            "s3", endpoint_url=self.endpoint, config=Config(s3={"addressing_style": "path"})
+        )
+        found = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        return {
+            item["Key"].removeprefix(prefix): hashlib.sha256(
+                client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            ).hexdigest()
+            for item in found
         }
 
     def tables(self) -> list[str]:

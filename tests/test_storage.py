@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PDF_BYTES, login
+from s3server import s3_bucket_fixture, s3_endpoint_fixture  # noqa: F401 - fixtures
 
 from portal import create_app
 from portal.storage import QUARANTINE_DIR, TEMP_DIR, LocalStorage, StorageError
@@ -344,3 +345,102 @@ def test_upload_after_storage_vanished_does_not_recreate_it(app, client, storage
     assert not storage_dir.exists()
     assert client.get("/healthz").status_code == 503
     assert not storage_dir.exists()
+
+
+# --- the contract every storage keeps: the local folder and S3 alike ---------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_storage(request, tmp_path):
+    """The same tests on LocalStorage and on S3Storage against a real S3 protocol server."""
+    if request.param == "local":
+        store = LocalStorage(tmp_path / "uploads")
+    else:
+        from portal.storage_s3 import S3Storage
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = request.getfixturevalue("s3_bucket")
+        store = S3Storage(f"s3://{bucket}/event-2020", endpoint_url=endpoint)
+    store.create()
+    store.check()
+    return store
+
+
+def test_contract_stored_file_reads_back_whole_and_by_range(any_storage):
+    data = bytes(range(256)) * 40
+    key = store_bytes(any_storage, data)
+    assert HEX32.fullmatch(key)
+    assert any_storage.size(key) == len(data)
+    with any_storage.open(key) as handle:
+        assert handle.read() == data
+    with any_storage.open(key, 1000, 1100) as handle:
+        assert handle.read(100) == data[1000:1100]
+    with any_storage.open(key, len(data) - 5) as handle:
+        assert handle.read() == data[-5:]
+    assert [(o.key, o.size, o.temporary) for o in any_storage.objects()] == [
+        (key, len(data), False)
+    ]
+
+
+def test_contract_incoming_hashes_and_keeps_its_first_bytes(any_storage):
+    import hashlib
+
+    incoming = any_storage.incoming()
+    incoming.write(b"abc")
+    incoming.write(b"def")
+    assert (incoming.size, incoming.head(4)) == (6, b"abcd")
+    assert incoming.sha256 == hashlib.sha256(b"abcdef").hexdigest()
+    any_storage.discard(incoming)
+    assert list(any_storage.objects()) == []
+
+
+def test_contract_nothing_is_stored_before_commit_or_after_discard(any_storage):
+    incoming = any_storage.incoming()
+    incoming.write(b"not yet")
+    incoming.close()  # Werkzeug closes request files at the end of the request.
+    assert [o for o in any_storage.objects() if not o.temporary] == []
+    any_storage.discard(incoming)
+    assert list(any_storage.objects()) == []
+    key = store_bytes(any_storage, b"kept")
+    assert any_storage.size(key) == 4
+
+
+def test_contract_delete_removes_and_tolerates_a_missing_file(any_storage):
+    key = store_bytes(any_storage, b"x")
+    any_storage.delete(key)
+    assert any_storage.size(key) is None
+    any_storage.delete(key)
+    with pytest.raises(StorageError):
+        any_storage.open(key)
+
+
+@pytest.mark.parametrize("key", INVALID_KEYS, ids=repr)
+def test_contract_invalid_keys_are_refused(any_storage, key):
+    kept = store_bytes(any_storage, b"kept")
+    for operation in ("open", "size", "delete", "local_path"):
+        with pytest.raises(StorageError):
+            getattr(any_storage, operation)(key)
+    with pytest.raises(StorageError):
+        any_storage.restore(key, io.BytesIO(b"evil"))
+    assert [o.key for o in any_storage.objects()] == [kept]
+
+
+def test_contract_restore_places_a_file_and_never_overwrites(any_storage):
+    key = "f" * 32
+    any_storage.restore(key, io.BytesIO(b"restored"))
+    with any_storage.open(key) as handle:
+        assert handle.read() == b"restored"
+    with pytest.raises(StorageError, match="already stored"):
+        any_storage.restore(key, io.BytesIO(b"other"))
+    with any_storage.open(key) as handle:
+        assert handle.read() == b"restored"
+    assert [o.key for o in any_storage.objects()] == [key]
+
+
+def test_contract_quarantine_takes_an_orphan_out_of_the_listing(any_storage):
+    key = store_bytes(any_storage, b"orphan")
+    (orphan,) = list(any_storage.objects())
+    where = any_storage.quarantine(orphan)
+    assert key in where
+    assert list(any_storage.objects()) == []
+    assert any_storage.size(key) is None
