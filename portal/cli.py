@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import SettingsError
 from .storage import StorageError
+from .tus import remove_stale_partials
 
 
 class Refused(click.ClickException):
@@ -369,7 +370,8 @@ def run_command(host: str, port: int, workers: int, threads: int) -> None:
             click.echo(f"admin password: {password}")
     try:
         removed = current_app.extensions["portal.storage"].remove_stale_incoming()
-    except OSError:
+        removed += remove_stale_partials(current_app.config["INSTANCE_DIR"])
+    except (OSError, StorageError):
         removed = 0
     if removed:
         click.echo(f"removed {removed} abandoned temporary upload file(s)")

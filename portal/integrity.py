@@ -11,6 +11,7 @@ from flask import current_app
 from .extensions import db
 from .models import Document
 from .storage import STALE_AFTER_SECONDS, StorageError, StoredObject
+from .tus import remove_stale_partials, stale_partials
 
 
 @dataclass
@@ -21,6 +22,9 @@ class Report:
     problems: list[str] = field(default_factory=list)
     orphans: list[StoredObject] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    #: Files of resumable uploads abandoned past their expiry (private instance folder).
+    abandoned_uploads: list[str] = field(default_factory=list)
+    removed_uploads: int = 0
     storage_error: str = ""
 
     def lines(self) -> list[str]:
@@ -30,17 +34,28 @@ class Report:
             kind = "temporary file" if orphan.temporary else "orphan file"
             out.append(f"{kind}: {orphan.key} ({orphan.size} bytes), no document points to it")
         out.extend(f"moved to quarantine: {target}" for target in self.quarantined)
-        status = "ok" if not (self.problems or self.orphans) else "problems found"
-        out.append(
-            f"{status}: {self.checked} documents checked, {len(self.problems)} damaged or"
-            f" missing, {len(self.orphans)} orphan files"
+        out.extend(
+            f"abandoned resumable upload: {name}, expired" for name in self.abandoned_uploads
         )
+        if self.removed_uploads:
+            out.append(f"removed {self.removed_uploads} abandoned resumable upload file(s)")
+        wrong = self.problems or self.orphans or self.abandoned_uploads
+        summary = (
+            f"{'problems found' if wrong else 'ok'}: {self.checked} documents checked,"
+            f" {len(self.problems)} damaged or missing, {len(self.orphans)} orphan files"
+        )
+        if self.abandoned_uploads:
+            summary += f", {len(self.abandoned_uploads)} abandoned upload files"
+        out.append(summary)
         return out
 
     def healthy(self, repaired: bool = False) -> bool:
         """Say whether nothing is wrong (orphans moved by ``--repair`` no longer count)."""
         orphans_left = len(self.orphans) - (len(self.quarantined) if repaired else 0)
-        return not self.problems and not self.storage_error and orphans_left == 0
+        uploads_left = len(self.abandoned_uploads) - (self.removed_uploads if repaired else 0)
+        return (
+            not self.problems and not self.storage_error and orphans_left == 0 and uploads_left <= 0
+        )
 
 
 def _sha256(storage, key: str) -> str:  # type: ignore[no-untyped-def]
@@ -109,5 +124,9 @@ def check_storage(repair: bool = False) -> Report:
             if not orphan.temporary and orphan.key in still_unknown:
                 continue
             report.quarantined.append(storage.quarantine(orphan))
+    instance_dir = current_app.config["INSTANCE_DIR"]
+    report.abandoned_uploads = [path.name for path in stale_partials(instance_dir)]
+    if repair and report.abandoned_uploads:
+        report.removed_uploads = remove_stale_partials(instance_dir)
     db.session.rollback()
     return report

@@ -23,6 +23,7 @@ from conftest import (
 from markupsafe import escape
 
 from portal.extensions import db
+from portal.integrity import check_storage
 from portal.models import Document
 from portal.tus import EXPIRE_AFTER_SECONDS, stale_partials
 
@@ -400,6 +401,28 @@ def test_abandoned_uploads_expire_are_reported_and_swept(app, tus, instance_dir)
     names = partial_files(instance_dir)
     assert not any(name.startswith(old) for name in names)
     assert f"{fresh}.bin" in names
+
+
+def test_portal_check_reports_abandoned_uploads_and_repair_removes_them(app, tus, instance_dir):
+    old = tus.create(len(BIG_PDF)).headers["Location"].rsplit("/", 1)[1]
+    fresh = tus.create(len(BIG_PDF)).headers["Location"].rsplit("/", 1)[1]
+    _age(instance_dir, old, EXPIRE_AFTER_SECONDS + 60)
+    with app.app_context():
+        report = check_storage()
+    text = "\n".join(report.lines())
+    assert not report.healthy()
+    assert f"abandoned resumable upload: {old}.bin, expired" in text
+    assert fresh not in text
+    assert text.splitlines()[-1].startswith("problems found:")
+    with app.app_context():
+        repaired = check_storage(repair=True)
+    assert repaired.healthy(repaired=True)
+    assert repaired.removed_uploads == 2
+    names = partial_files(instance_dir)
+    assert not any(name.startswith(old) for name in names)
+    assert f"{fresh}.bin" in names
+    with app.app_context():
+        assert check_storage().healthy()
 
 
 def test_chunks_under_a_proxy_body_cap_get_a_large_file_through(app, tus):
