@@ -145,6 +145,12 @@ ROUTES: dict[str, Route] = {
         lambda w: {"document_id": w.document.id, "filename": w.document.original_name},
         {"GET": Call(200)},
     ),
+    "programme.preview": Route(
+        "/preview/<int:document_id>",
+        UNLOCKED,
+        lambda w: {"document_id": w.document.id},
+        {"GET": Call(200)},
+    ),
     "programme.archive": Route(
         "/sessions/<slug>/archive.zip",
         UNLOCKED,
