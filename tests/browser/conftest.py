@@ -96,9 +96,8 @@ def browser() -> Iterator[Any]:
 
 def new_context(browser: Any, live_portal: LivePortal, device: dict, **options: Any) -> Any:
     """Open a French browser context on the live portal (base URL set: ``page.goto("/")``)."""
-    return browser.new_context(
-        base_url=live_portal.url, locale="fr-FR", timezone_id="Europe/Paris", **device, **options
-    )
+    settings = {"locale": "fr-FR", "timezone_id": "Europe/Paris", **device, **options}
+    return browser.new_context(base_url=live_portal.url, **settings)
 
 
 @pytest.fixture
