@@ -38,12 +38,6 @@ def page(request):
     return request.getfixturevalue(name)
 
 
-def open_tag_box(page) -> None:
-    box = page.locator("details.tag-box")
-    if not box.evaluate("details => details.open"):
-        box.locator("summary").click()
-
-
 def document(page, title: str):
     return page.locator("li.document", has=page.get_by_role("link", name=title, exact=True))
 
@@ -102,7 +96,6 @@ def test_tag_chips_and_search_combine_and_live_in_the_url(
     page, browser, live_portal, participant_state
 ):
     page.get_by_label("Rechercher dans les documents").fill("compte")
-    open_tag_box(page)
     page.locator("label.chip", has_text="Bilan 2020").click()
     page.get_by_role("button", name="Filtrer").click()
     page.wait_for_url(re.compile(r"q=compte.*tag=bilan-2020"))
@@ -285,7 +278,6 @@ def test_without_javascript_the_gate_filters_and_downloads_work(browser, live_po
     context = new_context(browser, live_portal, PHONE, java_script_enabled=False)
     page = context.new_page()
     unlock(page, live_portal.shared_password)
-    open_tag_box(page)
     page.locator("label.chip", has_text="Communication").click()
     page.get_by_role("button", name="Filtrer").click()
     page.wait_for_url(re.compile(r"tag=communication"))
