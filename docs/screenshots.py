@@ -72,7 +72,8 @@ def _shoot(browser, base: str, password: str, email: str, admin_password: str) -
         page.wait_for_load_state()
         page.screenshot(path=OUT / f"{device}-session.png")
         page.goto("/")
-        page.click(".document:has-text('Bandeau') a.preview")
+        page.click(".document:has-text('Programme de la semaine') a.preview")
+        page.wait_for_timeout(1500)  # the browser's PDF viewer draws after the load event
         page.wait_for_load_state()
         page.screenshot(path=OUT / f"{device}-preview.png")
         context.close()

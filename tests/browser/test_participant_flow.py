@@ -148,6 +148,15 @@ def test_pdf_preview_embeds_the_file_inline(page):
     assert served.headers["content-type"] == "application/pdf"
     assert served.headers["content-disposition"].startswith("inline")
     assert served.body().startswith(b"%PDF-")
+    # The browser really shows it in the page: the object holds a frame on the inline URL,
+    # drawn by the browser's PDF viewer (no download happens).
+    for _ in range(50):
+        urls = [frame.url for frame in page.frames]
+        if any(url.endswith(data) for url in urls) and any("extension" in u for u in urls):
+            break
+        page.wait_for_timeout(100)
+    else:
+        raise AssertionError(f"the PDF is not shown in the page: {urls}")
     expect(page.get_by_role("link", name="Télécharger", exact=True)).to_be_visible()
     page.get_by_role("link", name="← Programme").click()
     page.wait_for_url(re.compile(r"/$"))
