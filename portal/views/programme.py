@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from itertools import groupby
@@ -53,6 +54,17 @@ def previewable(document: Document) -> bool:
     return document.content_type in INLINE_TYPES
 
 
+@bp.app_template_global("item_words")
+def item_words() -> dict[str, object]:
+    """Translate once per page the words every document item repeats."""
+    return {
+        "file": _("file"),
+        "preview": _("Preview"),
+        "tags": _("Tags"),
+        "units": [_("B"), _("KB"), _("MB"), _("GB")],
+    }
+
+
 def _filtered_documents(tag_slugs: list[str], text: str):  # type: ignore[no-untyped-def]
     query = db.select(Document).options(selectinload(Document.tags))
     for slug in tag_slugs:
@@ -78,6 +90,7 @@ def _filters() -> tuple[list[str], str]:
 def _filter_url(tag_slugs: list[str], text: str) -> Callable[..., str]:
     """Build links that change one filter and keep the others (shareable addresses)."""
 
+    @functools.cache  # a page links the same few tags many times
     def build(add: str | None = None, remove: str | None = None, drop_text: bool = False) -> str:
         tags = [t for t in tag_slugs if t != remove]
         if add and add not in tags:
