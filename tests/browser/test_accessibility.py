@@ -168,3 +168,28 @@ def test_the_check_sees_a_missing_label(pages):
     page.goto("/")
     page.evaluate("document.querySelector('label[for=q]').remove()")
     assert any(v.startswith("label (critical)") for v in blocking_violations(page))
+
+
+def set_opening(page: Any, value: str) -> None:
+    """Save the access window's opening time on /manage/settings, as an admin does."""
+    page.goto("/manage/settings")
+    page.fill("#access_opens", value)
+    with page.expect_response(lambda r: r.request.method == "POST") as saved:
+        page.click("main button[type=submit]")
+    assert saved.value.status == 303, saved.value.status
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_closed_gate_has_no_serious_or_critical_violation(pages, lang):
+    """The page shown before the access window opens (restored at once, whatever happens)."""
+    admin, visitor = pages[("admin", "fr", "desktop")], pages[("anonymous", lang, "desktop")]
+    set_opening(admin, "2099-01-01T10:00")
+    try:
+        response = visitor.goto("/access")
+        assert response is not None and response.status == 403
+        assert visitor.locator("html").get_attribute("lang") == lang
+        violations = blocking_violations(visitor)
+    finally:
+        set_opening(admin, "")
+    assert visitor.goto("/access").status == 200  # type: ignore[union-attr]
+    assert not violations, f"closed gate ({lang}):\n" + "\n".join(violations)
