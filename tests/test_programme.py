@@ -15,6 +15,7 @@ from sqlalchemy import event
 
 import portal
 from portal.extensions import db
+from portal.models import Meeting
 from portal.services.event import save_meeting
 
 PORTAL_DIR = str(Path(portal.__file__).parent)
@@ -539,3 +540,13 @@ def test_static_urls_carry_the_content_hash_and_are_cached_for_a_year(reader):
     for stale in ("/static/portal.css", "/static/portal.css?v=0123456789ab"):
         with reader.get(stale) as response:
             assert response.headers["Cache-Control"] == "no-cache"
+
+
+def test_session_page_says_when_the_session_is_under_way(app, reader):
+    now = dt.datetime.now(dt.UTC)
+    current = meeting_at(app, "En ce moment", now - dt.timedelta(hours=1))
+    later = meeting_at(app, "Demain", now + dt.timedelta(days=1))
+    with app.app_context():
+        slugs = {m.id: m.slug for m in db.session.scalars(db.select(Meeting))}
+    assert '<span class="badge">Under way</span>' in page_of(reader, f"/sessions/{slugs[current]}")
+    assert 'class="badge"' not in page_of(reader, f"/sessions/{slugs[later]}")

@@ -182,13 +182,13 @@ def meeting(slug: str) -> ResponseReturnValue:
         .options(selectinload(Document.tags))
         .order_by(Document.created_at, Document.id)
     ).all()
-    current, upcoming = _now_and_next([found], dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
     return render_template(
         "programme/session.html",
         meeting=found,
         documents=documents,
         total_size=sum(d.size for d in documents),
-        under_way=found.id in current,
+        under_way=found.starts_at <= now < found.ends_at,
     )
 
 
