@@ -9,8 +9,11 @@ that ``portal run`` printed. Contexts are cheap: each test gets its own, so cook
 leak from one test to the next, while the costly parts (server, browser, password hashing)
 are paid once through saved storage states.
 
-A test that changes the shared password or the admin's password invalidates the saved states:
-restore them before it ends.
+The portal is shared by every browser test of a pytest process, in file order. A test may add
+sessions and documents (the participants' tests only count the demo's own); it must not change
+or delete the demo's sessions and documents, and a test that changes the shared password, the
+admin's password or the access window must restore them before it ends (the saved states and
+the other tests depend on them).
 """
 
 from __future__ import annotations
