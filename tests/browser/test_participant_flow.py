@@ -177,7 +177,7 @@ def test_pdf_preview_embeds_the_file_inline(page):
     assert served.body().startswith(b"%PDF-")
     # The browser really shows it in the page: the object holds a frame on the inline URL,
     # drawn by the browser's PDF viewer (no download happens).
-    for _ in range(50):
+    for _ in range(150):  # up to 15 s on a busy machine
         urls = [frame.url for frame in page.frames]
         if any(url.endswith(data) for url in urls) and any("extension" in u for u in urls):
             break
