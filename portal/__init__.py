@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import errors, i18n, security, uploads
+from . import assets, errors, i18n, security, uploads
 from .config import load_settings
 from .extensions import babel, csrf, db, limiter, login_manager, migrate
 from .storage import storage_from_setting
@@ -55,6 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     limiter.init_app(app)
     i18n.init_app(app)
+    assets.init_app(app)
     uploads.init_app(app)
     app.extensions["portal.storage"] = storage_from_setting(
         app.config["STORAGE"],

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import re
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import PDF_BYTES
+from conftest import PDF_BYTES, PNG_BYTES
 from sqlalchemy import event
 
 import portal
 from portal.extensions import db
+from portal.models import Meeting
+from portal.services.event import save_meeting
 
 PORTAL_DIR = str(Path(portal.__file__).parent)
 
@@ -32,11 +36,12 @@ def page_of(client, url: str) -> str:
 
 
 def section(page: str, heading_text: str) -> str:
-    """The HTML of the <section> whose heading holds ``heading_text``."""
-    for chunk in page.split("<section")[1:]:
-        body = chunk.split("</section>")[0]
-        if heading_text in body.split("</h2>")[0]:
-            return body
+    """The HTML of the session <article> or the <section> whose heading holds ``heading_text``."""
+    for tag, heading in (("article", "</h3>"), ("section", "</h2>")):
+        for chunk in page.split(f"<{tag}")[1:]:
+            body = chunk.split(f"</{tag}>")[0]
+            if heading_text in body.split(heading)[0]:
+                return body
     raise AssertionError(f"no section titled {heading_text!r}")
 
 
@@ -329,26 +334,219 @@ def queries_for(app, client, url: str) -> int:
     return len(statements)
 
 
-@pytest.mark.parametrize("url", ["/", "/?tag=support", "/?q=document"])
+@pytest.mark.parametrize("url", ["/", "/?tag=support", "/?q=document", "/?q=doc&tag=support"])
 def test_programme_issues_a_constant_number_of_queries(
     app, reader, make_meeting, make_document, url
 ):
     meetings = [make_meeting("Temps A", day=21), make_meeting("Temps B", day=22)]
-    add_documents(make_document, meetings, 2)
-    with_two = queries_for(app, reader, url)
-    assert with_two > 0  # the listener sees the request's queries
-    add_documents(make_document, meetings, 28, start=2)
+    add_documents(make_document, meetings, 1, start=1)
+    with_one = queries_for(app, reader, url)
+    assert with_one > 0  # the listener sees the request's queries
+    add_documents(make_document, meetings, 49, start=2)
     page = page_of(reader, url)
-    assert len(re.findall(r'class="doc-title"', page)) == 30
-    with_thirty = queries_for(app, reader, url)
-    assert with_thirty == with_two
+    assert len(re.findall(r'class="doc-title"', page)) == 50
+    with_fifty = queries_for(app, reader, url)
+    assert with_fifty == with_one
 
 
 def test_session_page_issues_a_constant_number_of_queries(app, reader, make_meeting, make_document):
     meeting = make_meeting("Temps A")
-    add_documents(make_document, [meeting], 2)
-    with_two = queries_for(app, reader, f"/sessions/{meeting.slug}")
-    assert with_two > 0
-    add_documents(make_document, [meeting], 28, start=2)
-    with_thirty = queries_for(app, reader, f"/sessions/{meeting.slug}")
-    assert with_thirty == with_two
+    add_documents(make_document, [meeting], 1, start=1)
+    with_one = queries_for(app, reader, f"/sessions/{meeting.slug}")
+    assert with_one > 0
+    add_documents(make_document, [meeting], 49, start=2)
+    page = page_of(reader, f"/sessions/{meeting.slug}")
+    in_session = sum(1 for number in range(1, 51) if number % 3)  # the others are general
+    assert len(re.findall(r'class="doc-title"', page)) == in_session
+    with_fifty = queries_for(app, reader, f"/sessions/{meeting.slug}")
+    assert with_fifty == with_one
+
+
+# --- days, the session under way, archives ---------------------------------------------------
+
+
+def day_headings(page: str) -> list[str]:
+    return re.findall(r'<section class="day" [^>]*>\s*<h2 id="d([0-9-]+)">([^<]+)</h2>', page)
+
+
+def test_sessions_are_grouped_by_day_in_the_event_time_zone(reader, make_meeting):
+    # 22:00 UTC is 23:00 in Paris (still the 21st); 23:00 UTC is already the 22nd in Paris.
+    make_meeting("Veillée", day=21, hour=22)
+    make_meeting("Minuit passé", day=21, hour=23)
+    page = page_of(reader, "/")
+    assert day_headings(page) == [
+        ("2020-11-21", "Saturday 21 November"),
+        ("2020-11-22", "Sunday 22 November"),
+    ]
+    saturday, sunday = page.split('<section class="day"')[1:3]
+    assert "Veillée" in saturday and "23:00" in saturday and "Minuit passé" not in saturday
+    assert "Minuit passé" in sunday and "00:00" in sunday
+
+
+def meeting_at(app, title: str, starts: dt.datetime, hours: int = 2):
+    with app.app_context():
+        meeting = save_meeting(
+            None, title=title, starts_at=starts, ends_at=starts + dt.timedelta(hours=hours)
+        )
+        return meeting.id
+
+
+def article_of(page: str, meeting_id: int) -> str:
+    start = page.index(f'id="m{meeting_id}"')
+    return page[page.rindex("<article", 0, start) : page.index("</article>", start)]
+
+
+def test_the_session_under_way_is_highlighted(app, reader):
+    now = dt.datetime.now(dt.UTC)
+    past = meeting_at(app, "Hier", now - dt.timedelta(days=1))
+    current = meeting_at(app, "En ce moment", now - dt.timedelta(hours=1))
+    later = meeting_at(app, "Demain", now + dt.timedelta(days=1))
+    page = page_of(reader, "/")
+    assert 'class="meeting now"' in article_of(page, current)
+    assert "Under way" in article_of(page, current)
+    assert "meeting now" not in article_of(page, past) + article_of(page, later)
+    assert "meeting next" not in page
+    banner = page[page.index('class="now-banner"') :].split("</p>")[0]
+    assert "Under way:" in banner and f'href="#m{current}"' in banner
+
+
+def test_the_next_session_is_highlighted_when_none_is_under_way(app, reader):
+    now = dt.datetime.now(dt.UTC)
+    meeting_at(app, "Hier", now - dt.timedelta(days=1))
+    soon = meeting_at(app, "Bientôt", now + dt.timedelta(hours=3))
+    later = meeting_at(app, "Plus tard", now + dt.timedelta(days=1))
+    page = page_of(reader, "/")
+    assert 'class="meeting next"' in article_of(page, soon)
+    assert "meeting next" not in article_of(page, later)
+    assert "meeting now" not in page
+    assert "Next:" in page
+
+
+def test_nothing_is_highlighted_once_the_week_is_over(reader, make_meeting):
+    make_meeting("Temps passé", day=21)
+    page = page_of(reader, "/")
+    assert "now-banner" not in page
+    assert "meeting now" not in page and "meeting next" not in page
+
+
+def test_each_session_offers_its_zip_with_count_and_size(reader, make_meeting, make_document):
+    meeting = make_meeting("Temps A")
+    make_document("a.pdf", content=PDF_BYTES, meeting=meeting)
+    make_document("b.txt", content=b"x" * 2048, meeting=meeting)
+    make_meeting("Temps vide", day=22)
+    page = page_of(reader, "/")
+    block = section(page, "Temps A")
+    assert f'href="/sessions/{meeting.slug}/archive.zip"' in block
+    assert "2 documents" in block
+    assert f"{(len(PDF_BYTES) + 2048) // 1024} KB" in block
+    assert "archive.zip" not in section(page, "Temps vide")
+
+
+def test_each_document_shows_its_type_icon_size_and_preview_link(reader, make_document):
+    pdf = make_document("plan.pdf", title="Plan")
+    txt = make_document("notes.txt", content=b"hello", title="Notes")
+    page = page_of(reader, "/")
+    pdf_item = page[page.index(f"/documents/{pdf.id}/") :].split("</li>\n")[0]
+    assert 'class="icon kind-pdf"' in page and 'class="icon kind-text"' in page
+    assert f'href="/preview/{pdf.id}"' in page
+    assert f'href="/preview/{txt.id}"' not in page
+    assert "PDF · " in pdf_item
+
+
+# --- filters that keep each other ---------------------------------------------------------------
+
+
+def test_tag_chips_add_their_tag_and_keep_the_search(reader, make_document):
+    make_document("a.pdf", title="Alpha plan", tags=["Budget", "Plan"])
+    page = page_of(reader, "/?q=plan&tag=budget")
+    chips = re.findall(r'<a class="chip" href="([^"]+)">Plan</a>', page)
+    assert chips, "the Plan chip links to the programme"
+    query = parse_qs(urlsplit(chips[0].replace("&amp;", "&")).query)
+    assert query == {"q": ["plan"], "tag": ["budget", "plan"]}
+    # The active filters each remove only themselves.
+    removals = re.findall(r'<a class="chip on" href="([^"]+)">', page)
+    removed = [parse_qs(urlsplit(h.replace("&amp;", "&")).query) for h in removals]
+    assert {"tag": ["budget"]} in removed  # the text removed, the tag kept
+    assert {"q": ["plan"]} in removed  # the tag removed, the text kept
+
+
+def test_a_tag_given_twice_counts_once(reader, make_document):
+    make_document("a.pdf", title="Alpha", tags=["Budget"])
+    page = page_of(reader, "/?tag=budget&tag=Budget")
+    assert page.count('<a class="chip on"') == 1
+
+
+# --- preview -------------------------------------------------------------------------------------
+
+
+def test_pdf_preview_page_embeds_the_inline_file(reader, make_meeting, make_document):
+    meeting = make_meeting("Temps A")
+    document = make_document("plan.pdf", meeting=meeting, title="Le plan")
+    response = reader.get(f"/preview/{document.id}")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    inline = f"/documents/{document.id}/plan.pdf?inline=1"
+    assert f'<object data="{inline}" type="application/pdf"' in page
+    assert f'href="/documents/{document.id}/plan.pdf"' in page  # the download button
+    assert f'href="/sessions/{meeting.slug}"' in page  # the way back
+    policy = response.headers["Content-Security-Policy"]
+    assert "object-src 'self'" in policy and "script-src 'self';" in policy
+    assert "unsafe" not in policy and "frame-ancestors 'none'" in policy
+    served = reader.get(inline)
+    assert served.headers["Content-Disposition"].startswith("inline")
+    served.close()
+
+
+def test_image_preview_page_shows_the_image(reader, make_document):
+    document = make_document("photo.png", content=PNG_BYTES, title="Photo")
+    page = page_of(reader, f"/preview/{document.id}")
+    assert f'<img src="/documents/{document.id}/photo.png?inline=1" alt="Photo">' in page
+    assert "<object" not in page
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "table.csv", "notes.md"])
+def test_other_types_have_no_preview(reader, make_document, name):
+    document = make_document(name, content=b"<svg onload=alert(1)><script>x</script>")
+    response = reader.get(f"/preview/{document.id}")
+    assert response.status_code == 404
+    page = response.get_data(as_text=True)
+    assert "cannot be shown in the browser" in page
+    assert "?inline=1" not in page and "<object" not in page and "<img" not in page
+
+
+def test_preview_of_a_missing_document_is_404(reader):
+    assert reader.get("/preview/999999").status_code == 404
+
+
+def test_preview_is_behind_the_gate(client, make_document):
+    document = make_document("plan.pdf")
+    response = client.get(f"/preview/{document.id}")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/access?next=")
+
+
+# --- static files ----------------------------------------------------------------------------
+
+
+def test_static_urls_carry_the_content_hash_and_are_cached_for_a_year(reader):
+    page = page_of(reader, "/")
+    css = re.search(r'href="(/static/portal\.css\?v=([0-9a-f]+))"', page)
+    assert css, "the stylesheet URL carries a version"
+    digest = hashlib.sha256((Path(PORTAL_DIR) / "static" / "portal.css").read_bytes())
+    assert digest.hexdigest().startswith(css.group(2))
+    with reader.get(css.group(1)) as versioned:
+        assert versioned.status_code == 200
+        assert versioned.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    for stale in ("/static/portal.css", "/static/portal.css?v=0123456789ab"):
+        with reader.get(stale) as response:
+            assert response.headers["Cache-Control"] == "no-cache"
+
+
+def test_session_page_says_when_the_session_is_under_way(app, reader):
+    now = dt.datetime.now(dt.UTC)
+    current = meeting_at(app, "En ce moment", now - dt.timedelta(hours=1))
+    later = meeting_at(app, "Demain", now + dt.timedelta(days=1))
+    with app.app_context():
+        slugs = {m.id: m.slug for m in db.session.scalars(db.select(Meeting))}
+    assert '<span class="badge">Under way</span>' in page_of(reader, f"/sessions/{slugs[current]}")
+    assert 'class="badge"' not in page_of(reader, f"/sessions/{slugs[later]}")

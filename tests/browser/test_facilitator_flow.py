@@ -17,14 +17,9 @@ import pytest
 from liveserver import skip_without_chromium
 
 skip_without_chromium()
-import _facilitator_fixtures as shared  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
 
-# Fixtures of tests/browser/conftest.py's names; drop these lines once it provides them.
-live_portal = shared.live_portal
-browser = shared.browser
-desktop = shared.desktop
-admin_page = shared.admin_page
+from .conftest import DESKTOP, new_context  # noqa: E402
 
 pytestmark = pytest.mark.live
 
@@ -58,6 +53,21 @@ ASSETS = """() => performance.getEntriesByType("resource")
 
 
 @pytest.fixture(scope="module")
+def desktop(browser, live_portal, admin_state):  # type: ignore[no-untyped-def]
+    """One signed-in desktop context for the whole module: the tests follow one another."""
+    context = new_context(browser, live_portal, DESKTOP, storage_state=admin_state)
+    yield context
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def admin_page(desktop):  # type: ignore[no-untyped-def]
+    page = desktop.new_page()
+    yield page
+    page.close()
+
+
+@pytest.fixture(scope="module")
 def requested(desktop) -> list[str]:
     """Every URL the signed-in browser asks for."""
     urls: list[str] = []
@@ -74,7 +84,8 @@ def session_upload_url(admin_page) -> str:
     page.fill("#ends_at", "2020-11-21T12:00")
     page.click("main form button[type=submit]")
     page.wait_for_url("**/manage")
-    href = page.get_attribute("a[href^='/manage/upload?session=']", "href")
+    row = page.locator("tr", has=page.locator("a", has_text="Atelier climat"))
+    href = row.locator("a[href^='/manage/upload?session=']").get_attribute("href")
     assert href
     return href
 
@@ -88,7 +99,7 @@ def test_three_dropped_files_reach_100_percent_and_are_listed(
     # The whole page (styles and scripts) stays under 100 KB, measured as the browser got it.
     assert 0 < page.evaluate(ASSETS) < 100_000
     files = [
-        {"name": "Programme.pdf", "type": "application/pdf", "bytes": list(PDF)},
+        {"name": "Feuille-de-route.pdf", "type": "application/pdf", "bytes": list(PDF)},
         {"name": "Affiche.png", "type": "image/png", "bytes": list(PNG)},
         {"name": "Notes.txt", "type": "text/plain", "bytes": list(b"Notes du temps d'echange\n")},
     ]
@@ -96,7 +107,7 @@ def test_three_dropped_files_reach_100_percent_and_are_listed(
     items = page.locator(".upload-item")
     expect(items).to_have_count(3)
     expect(page.locator(".upload-item.accepted")).to_have_count(3)
-    for index, name in enumerate(["Programme.pdf", "Affiche.png", "Notes.txt"]):
+    for index, name in enumerate(["Feuille-de-route.pdf", "Affiche.png", "Notes.txt"]):
         item = items.nth(index)
         expect(item.locator(".name")).to_have_text(name)
         assert item.locator("progress").evaluate("(bar) => bar.value") == 100
@@ -105,7 +116,7 @@ def test_three_dropped_files_reach_100_percent_and_are_listed(
     assert page.input_value("#tags") == ""
     page.goto("/manage")
     page.click("text=Atelier climat")
-    for title in ("Programme", "Affiche", "Notes"):
+    for title in ("Feuille-de-route", "Affiche", "Notes"):
         expect(page.locator("a.doc-title", has_text=title)).to_be_visible()
 
 
@@ -173,27 +184,27 @@ def test_an_upload_cut_mid_way_resumes_from_the_stored_bytes(
 def test_edit_shows_the_error_next_to_the_field_then_saves_and_deletes(admin_page):
     page = admin_page
     page.goto("/manage")
-    page.click("a[href$='/edit']:has-text('Programme')")
+    page.click("a[href$='/edit']:has-text('Feuille-de-route')")
     page.fill("#title", "")
-    page.fill("#description", "Le programme de la semaine")
+    page.fill("#description", "La feuille de route de l’atelier")
     page.click("form[action$='/edit'] button[type=submit]")
     title = page.locator("#title")
     expect(title).to_have_attribute("aria-invalid", "true")
     expect(title).to_have_attribute("aria-describedby", "title-error")
     expect(page.locator("#title-error")).to_be_visible()
-    expect(page.locator("#description")).to_have_value("Le programme de la semaine")
+    expect(page.locator("#description")).to_have_value("La feuille de route de l’atelier")
     expect(page.locator(".error-summary a[href='#title']")).to_be_visible()
-    page.fill("#title", "Programme de la semaine")
+    page.fill("#title", "Feuille de route de l’atelier")
     page.click("form[action$='/edit'] button[type=submit]")
     page.wait_for_url("**/manage")
     expect(
-        page.locator("table a[href^='/documents/']", has_text="Programme de la semaine")
+        page.locator("table a[href^='/documents/']", has_text="Feuille de route de l’atelier")
     ).to_be_visible()
-    page.locator("form.inline button", has_text="Programme de la semaine").click()
+    page.locator("form.inline button", has_text="Feuille de route de l’atelier").click()
     page.wait_for_url("**/manage")
-    expect(page.locator(".flash.success")).to_contain_text("Programme de la semaine")
+    expect(page.locator(".flash.success")).to_contain_text("Feuille de route de l’atelier")
     expect(
-        page.locator("table a[href^='/documents/']", has_text="Programme de la semaine")
+        page.locator("table a[href^='/documents/']", has_text="Feuille de route de l’atelier")
     ).to_have_count(0)
 
 

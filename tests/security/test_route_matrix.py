@@ -145,6 +145,12 @@ ROUTES: dict[str, Route] = {
         lambda w: {"document_id": w.document.id, "filename": w.document.original_name},
         {"GET": Call(200)},
     ),
+    "programme.preview": Route(
+        "/preview/<int:document_id>",
+        UNLOCKED,
+        lambda w: {"document_id": w.document.id},
+        {"GET": Call(200)},
+    ),
     "programme.archive": Route(
         "/sessions/<slug>/archive.zip",
         UNLOCKED,
@@ -152,6 +158,14 @@ ROUTES: dict[str, Route] = {
         {"GET": Call(200)},
     ),
     "manage.index": Route("/manage", FACILITATORS, methods={"GET": Call(200)}),
+    # Form-style requests without tus headers: what an allowed role gets is a protocol refusal.
+    "tus.create": Route("/manage/tus", FACILITATORS, methods={"POST": Call(412)}),
+    "tus.upload": Route(
+        "/manage/tus/<upload_id>",
+        FACILITATORS,
+        lambda w: {"upload_id": "0" * 32},
+        {"GET": Call(404), "PATCH": Call(415), "DELETE": Call(412)},
+    ),
     "manage.upload": Route(
         "/manage/upload",
         FACILITATORS,
