@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import copy
 import datetime as dt
 import html
 import http.client
@@ -1024,7 +1025,7 @@ def load(target: Target, path: str, connections: int, seconds: int) -> dict[str,
     return wrk(f"http://{HOST}:{target.port}{path}", connections, seconds, target.headers)
 
 
-def w3(target: Target, profile: Profile, corpus: Corpus) -> dict[str, Any]:
+def w3(target: Target, profile: Profile) -> dict[str, Any]:
     url = f"http://{HOST}:{target.port}{target.big}"
     return {
         f"c{clients}": throughput(url, target.headers, clients, profile.seconds, profile.big_size)
@@ -1083,25 +1084,48 @@ def w8(target: Target, profile: Profile) -> dict[str, Any]:
     return {"listing": listing, "slow_readers": readers.summary()}
 
 
-def measure(target: Target, profile: Profile, work: Path, big: Path, log: Callable) -> dict:
-    """Every workload but W7 against one server."""
-    results: dict[str, Any] = {"W5": w5(target)}
-    log(f"{target.name}: W5 idle {results['W5']}")
-    for key, path in (("W1", target.listing), ("W1b", target.programme)):
-        results[key] = {
-            f"c{c}": load(target, path, c, profile.seconds) for c in (profile.low, profile.high)
-        }
-        log(f"{target.name}: {key} {brief(results[key])}")
-    results["W2"] = load(target, target.small, profile.low, profile.seconds)
-    log(f"{target.name}: W2 {brief(results['W2'])}")
-    results["W3"] = w3(target, profile, None)  # type: ignore[arg-type]
-    log(f"{target.name}: W3 {results['W3']}")
-    results["W8"] = w8(target, profile)
-    log(f"{target.name}: W8 {brief(results['W8'])}")
-    results["W6"] = w6(target, work)
-    log(f"{target.name}: W6 {results['W6']}")
-    results["W4"] = w4(target, big)
-    log(f"{target.name}: W4 {results['W4']}")
+def measure(
+    targets_by_name: dict[str, Target], profile: Profile, work: Path, big: Path, log: Callable
+) -> dict[str, dict[str, Any]]:
+    """Every workload but W7, one workload at a time against every server in turn.
+
+    All servers stay up (idle ones cost nothing), so that each comparison is made within
+    a minute or so: on a shared machine the background load changes faster than a run.
+    """
+    results: dict[str, dict[str, Any]] = {name: {} for name in targets_by_name}
+    static = {n: t for n, t in targets_by_name.items() if n != "portal-nginx-accel"}
+
+    def each(key: str, servers: dict[str, Target], work_on: Callable[[Target], Any]) -> None:
+        for name, target in servers.items():
+            results[name][key] = work_on(target)
+            log(f"{name}: {key} {brief(results[name][key])}")
+
+    each("W5", static, w5)
+    each(
+        "W1",
+        static,
+        lambda t: {
+            f"c{c}": load(t, t.listing, c, profile.seconds) for c in (profile.low, profile.high)
+        },
+    )
+    each(
+        "W1b",
+        static,
+        lambda t: {
+            f"c{c}": load(t, t.programme, c, profile.seconds) for c in (profile.low, profile.high)
+        },
+    )
+    if "portal" in static:
+        each(
+            "W0",
+            {"portal": static["portal"]},
+            lambda t: load(t, "/healthz", profile.low, profile.seconds),
+        )
+    each("W2", targets_by_name, lambda t: load(t, t.small, profile.low, profile.seconds))
+    each("W3", targets_by_name, lambda t: w3(t, profile))
+    each("W8", static, lambda t: w8(t, profile))
+    each("W6", static, lambda t: w6(t, work))
+    each("W4", static, lambda t: w4(t, big))
     return results
 
 
@@ -1362,6 +1386,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f} s] {message}", flush=True)
 
+    def wanted(name: str) -> bool:
+        return (not only or name in only) and (name == "portal" or peers != "none")
+
     if PINNING:
         os.sched_setaffinity(0, {LOAD_CPU})
     if shutil.which("wrk") is None or shutil.which("curl") is None:
@@ -1388,44 +1415,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary["instance_seconds"] = round(portal.create(), 1)
         log(f"instance created with the command line in {summary['instance_seconds']} s")
 
-        def wanted(name: str) -> bool:
-            return not only or name in only
-
+        started_targets: dict[str, Target] = {}
         if wanted("portal"):
             server = portal.start()
-            try:
-                time.sleep(1.0)  # let the workers settle before the idle figure
-                target = portal.target(server)
-                results = measure(target, profile, work, big, log)
-                results["W7"] = storm(
-                    portal.port,
-                    portal.password,
-                    corpus.slugs,
-                    profile.storm_participants,
-                    profile.storm_window,
-                    seed=7,
-                )
-                log(f"portal: W7 {brief(results['W7'])}")
-                summary["servers"]["portal"] = results
-            finally:
-                server.stop()
-
-        if wanted("portal-nginx-accel") and peers != "none":
-            summary["servers"]["portal-nginx-accel"] = accel_run(work, portal, profile, log)
-
-        for name, starter in (("nginx", nginx_target), ("copyparty", copyparty_target)):
-            if not wanted(name) or peers == "none":
+            time.sleep(1.0)  # let the workers settle before the idle figure
+            started_targets["portal"] = portal.target(server)
+        for name, starter in (
+            ("nginx", lambda: nginx_target(work, corpus)),
+            ("copyparty", lambda: copyparty_target(work, corpus)),
+            ("portal-nginx-accel", lambda: accel_target(work, portal)),
+        ):
+            if not wanted(name):
                 continue
             try:
-                target = starter(work, corpus)
+                started_targets[name] = starter()
             except SetupError as error:
                 summary["servers"][name] = {"missing": str(error)}
                 log(f"{name}: missing: {error}")
-                continue
-            try:
-                summary["servers"][name] = measure(target, profile, work, big, log)
-            finally:
-                target.server.stop()
+        summary["servers"].update(measure(started_targets, profile, work, big, log))
+        if "portal" in started_targets:
+            storm_result = storm(
+                started_targets["portal"].port,
+                portal.password,
+                corpus.slugs,
+                profile.storm_participants,
+                profile.storm_window,
+                seed=7,
+            )
+            summary["servers"]["portal"]["W7"] = storm_result
+            log(f"portal: W7 {brief(storm_result)}")
     finally:
         for server in list(RUNNING):
             server.stop()
@@ -1437,34 +1455,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def accel_run(work: Path, portal: Portal, profile: Profile, log: Callable) -> dict[str, Any]:
-    """W2 and W3 with nginx in front, sending the files itself (X-Accel-Redirect)."""
+def accel_target(work: Path, instance: Portal) -> Target:
+    """A second `portal run` on the same instance, behind nginx with X-Accel-Redirect."""
     if nginx_binary() is None:
-        return {"missing": "nginx is not installed"}
+        raise SetupError("nginx is not installed")
+    portal = copy.copy(instance)
     server = portal.start(
         {"PORTAL_ACCEL_REDIRECT": "/protected/", "PORTAL_PROXY_FIX": "1"}, log="portal-accel.log"
     )
-    try:
-        direct = portal.target(server)
-        proxy, port = start_nginx(
-            work,
-            NGINX_PROXY,
-            "nginx-proxy",
-            upstream=portal.port,
-            storage=portal.env["PORTAL_STORAGE"],
-        )
-        try:
-            target = Target(**{**direct.__dict__, "name": "portal-nginx-accel", "port": port})
-            results = {
-                "W2": load(target, target.small, profile.low, profile.seconds),
-                "W3": w3(target, profile, None),  # type: ignore[arg-type]
-            }
-            log(f"portal behind nginx: {brief(results)}")
-            return results
-        finally:
-            proxy.stop()
-    finally:
-        server.stop()
+    direct = portal.target(server)
+    proxy, port = start_nginx(
+        work,
+        NGINX_PROXY,
+        "nginx-proxy",
+        upstream=portal.port,
+        storage=portal.env["PORTAL_STORAGE"],
+    )
+    return Target(**{**direct.__dict__, "name": "portal-nginx-accel", "port": port})
 
 
 def _terminate(signum: int, _frame: Any) -> None:
