@@ -1296,6 +1296,10 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def table(summary: dict[str, Any]) -> str:
     servers = summary["servers"]
     low, high = f"c{summary['profile']['low']}", f"c{summary['profile']['high']}"
@@ -1382,7 +1386,7 @@ def table(summary: dict[str, Any]) -> str:
         met = {True: "met", False: "**not met**", None: "n/a"}[row["met"]]
         lines.append(
             f"| {row['target']} | {row['rule']} | {fmt(row['measured'])} | "
-            f"{fmt(row['reference'])} | {fmt(row['ratio'])} | {met} |"
+            f"{fmt(row['reference'])} | {ratio(row['ratio'])} | {met} |"
         )
     return "\n".join(lines)
 
