@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from .extensions import db
 
@@ -28,6 +30,38 @@ class PortalServer(BaseApplication):
         return self.application
 
 
+class PortalThreadWorker(ThreadWorker):
+    """gunicorn's threaded worker, with lingering closes kept out of its event loop.
+
+    gunicorn 24 and later close a finished connection "gracefully" (RFC 9112 section 9.6):
+    half-close, then wait up to two seconds for the client to close too. The threaded
+    worker does that in its one event-loop thread, so a download that ends on a slow
+    line, the client still reading what the kernel buffered, stops every other visitor of
+    that process for two seconds (`bench/run.py`, workload W8). The wait is done by a
+    small pool of closing threads instead; older gunicorn versions close at once anyway.
+    """
+
+    def init_process(self) -> None:
+        self.closer = ThreadPoolExecutor(
+            max_workers=max(2, self.cfg.threads // 4), thread_name_prefix="linger"
+        )
+        super().init_process()
+
+    def enqueue_req(self, conn: Any) -> None:
+        if not getattr(conn, "lingers_off_loop", False):
+            close = conn.close
+
+            def close_off_loop(graceful: bool = False) -> None:
+                if graceful:
+                    self.closer.submit(close, graceful=True)
+                else:
+                    close()
+
+            conn.close = close_off_loop
+            conn.lingers_off_loop = True
+        super().enqueue_req(conn)
+
+
 def serve(app: Flask, *, host: str, port: int, workers: int, threads: int) -> None:
     """Run gunicorn until it is stopped."""
     # Connections opened by the master must not be shared with forked workers.
@@ -39,7 +73,7 @@ def serve(app: Flask, *, host: str, port: int, workers: int, threads: int) -> No
             "bind": bind,
             "workers": workers,
             # Threads, so that one slow download never holds up other visitors.
-            "worker_class": "gthread",
+            "worker_class": "portal.server.PortalThreadWorker",
             "threads": threads,
             "timeout": 120,
             "graceful_timeout": 30,
