@@ -31,6 +31,18 @@ DEVICES = {
 }
 
 
+#: Files dropped on the upload page for its screenshot: two accepted, one refused.
+UPLOADS = [
+    {
+        "name": "Synthese-atelier.pdf",
+        "mimeType": "application/pdf",
+        "buffer": b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n",
+    },
+    {"name": "Notes.txt", "mimeType": "text/plain", "buffer": "Notes de l’atelier\n".encode()},
+    {"name": "outil.exe", "mimeType": "application/octet-stream", "buffer": b"MZ\x90"},
+]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -85,6 +97,12 @@ def _shoot(browser, base: str, password: str, email: str, admin_password: str) -
         page.click("main button[type=submit]")
         page.wait_for_url(lambda url: "/login" not in url)
         page.screenshot(path=OUT / f"{device}-manage.png")
+        page.goto("/manage/upload")
+        page.set_input_files("#files", files=UPLOADS)
+        page.click("main form button[type=submit]")
+        finished = page.locator(".upload-item.accepted, .upload-item.rejected")
+        finished.nth(len(UPLOADS) - 1).wait_for()
+        page.screenshot(path=OUT / f"{device}-upload.png", full_page=True)
         context.close()
 
 
