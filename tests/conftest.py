@@ -46,6 +46,9 @@ def _database_per_worker() -> None:
     if not url or not worker:
         return
     base = make_url(database_url(url, Path(".")))
+    if base.database.endswith(f"_{worker}"):
+        # Already the worker's (this file imported a second time under another name).
+        return
     name = f"{base.database}_{worker}"
     engine = create_engine(base, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:

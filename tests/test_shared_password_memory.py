@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argon2
 import pytest
+from conftest import SHARED_PASSWORD
 from flask import Flask
 
 from portal.services.accounts import check_shared_password, set_shared_password
-from tests.conftest import SHARED_PASSWORD
 
 
 @pytest.fixture
