@@ -69,6 +69,9 @@ class Event(db.Model):
     password_version: Mapped[int] = mapped_column(Integer, default=1)
     access_opens: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     access_closes: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Bumped in the same transaction as any change a participant's listing shows
+    # (portal/content_version.py): cached pages are keyed by it, so none outlives a change.
+    content_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     def window_state(self, now: dt.datetime | None = None) -> str:
         """Say whether the access window is ``"open"``, ``"not_yet"`` or ``"closed"``."""

@@ -1,0 +1,98 @@
+"""One integer that changes with anything a participant's listing shows.
+
+Every flush that adds, changes or deletes a session, a document (its download counter
+aside), a tag or the event, and every bulk statement on those tables, increments
+``events.content_version`` in the same transaction: a rollback undoes both, a commit makes
+both visible to every process at once. The page cache (``portal/page_cache.py``) keys its
+entries by this number, read from the database on each request, so no process can serve a
+page older than the data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, inspect, update
+from sqlalchemy.orm import ORMExecuteState, Session
+
+from .models import Document, Event, Meeting, Tag
+
+EVENT_ID = 1
+WATCHED = (Meeting, Document, Tag, Event)
+CONTENT_TABLES = frozenset({"meetings", "documents", "tags", "document_tags", "events"})
+#: Changes that no listing shows: counting a download must not empty every cache.
+IGNORED = {
+    Document: frozenset({"download_count", "updated_at"}),
+    Event: frozenset({"content_version"}),
+}
+IGNORED_BULK = frozenset({"download_count", "updated_at", "content_version"})
+FLAG = "portal.content_changed"
+
+_events = Event.__table__
+BUMP = (
+    update(_events)
+    .where(_events.c.id == EVENT_ID)
+    .values(content_version=_events.c.content_version + 1)
+)
+
+
+def _changed(instance: Any) -> bool:
+    if not isinstance(instance, WATCHED):
+        return False
+    ignored = IGNORED.get(type(instance), frozenset())
+    state = inspect(instance)
+    return any(attr.history.has_changes() for attr in state.attrs if attr.key not in ignored)
+
+
+def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    if (
+        any(isinstance(o, WATCHED) for o in session.new)
+        or any(isinstance(o, WATCHED) for o in session.deleted)
+        or any(_changed(o) for o in session.dirty)
+    ):
+        session.info[FLAG] = True
+
+
+def _after_flush(session: Session, flush_context: Any) -> None:
+    if session.info.pop(FLAG, False):
+        session.connection().execute(BUMP)
+
+
+def _forget(session: Session, *args: Any) -> None:
+    session.info.pop(FLAG, None)
+
+
+def _table_name(statement: Any) -> str | None:
+    table = getattr(statement, "table", None)
+    return getattr(table, "name", None)
+
+
+def _only_ignored_columns(statement: Any) -> bool:
+    values = getattr(statement, "_values", None)
+    if not values:
+        return False  # unknown shape: count it as a change
+    return {getattr(column, "key", column) for column in values} <= IGNORED_BULK
+
+
+def _bulk_statement(state: ORMExecuteState) -> None:
+    if not (state.is_insert or state.is_update or state.is_delete):
+        return
+    if _table_name(state.statement) not in CONTENT_TABLES:
+        return
+    if state.is_update and _only_ignored_columns(state.statement):
+        return
+    if state.is_insert and not state.all_mappers:
+        # Plain table inserts come only from ``portal restore``, into an empty instance
+        # whose event row it writes as archived: counting them would change that row.
+        return
+    state.session.connection().execute(BUMP)
+
+
+def install() -> None:
+    """Listen on every ORM session (idempotent: several apps may live in one process)."""
+    if event.contains(Session, "before_flush", _before_flush):
+        return
+    event.listen(Session, "before_flush", _before_flush)
+    event.listen(Session, "after_flush", _after_flush)
+    event.listen(Session, "after_soft_rollback", _forget)
+    event.listen(Session, "do_orm_execute", _bulk_statement)
