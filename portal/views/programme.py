@@ -7,7 +7,7 @@ import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from itertools import groupby
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from flask import Blueprint, abort, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -56,14 +56,43 @@ def previewable(document: Document) -> bool:
     return document.content_type in INLINE_TYPES
 
 
+#: What Werkzeug's default converter leaves unescaped in a path segment (``to_url``).
+SEGMENT_SAFE = "!$&'()*+,/:;=@"
+
+
+@bp.app_template_filter("path_segment")
+def path_segment(value: str) -> str:
+    """Escape a file name as ``url_for`` would, without building a whole URL per document."""
+    return quote(value, safe=SEGMENT_SAFE)
+
+
+@bp.app_template_filter("filesize")
+def filesize(size: int, units: Sequence[str]) -> str:
+    """Write a size with its unit, as the ``size`` macro always did (same rounding)."""
+    if size < 1024:
+        return f"{size} {units[0]}"
+    if size < 1024 * 1024:
+        return f"{int(round(size / 1024, 0))} {units[1]}"
+    if size < 1024 * 1024 * 1024:
+        return f"{round(size / 1048576, 1)} {units[2]}"
+    return f"{round(size / 1073741824, 2)} {units[3]}"
+
+
+def _prefix(url: str, tail: str) -> str:
+    assert url.endswith(tail)  # noqa: S101 - the routes below fix this shape
+    return url[: -len(tail)]
+
+
 @bp.app_template_global("item_words")
 def item_words() -> dict[str, object]:
-    """Translate once per page the words every document item repeats."""
+    """Translate, and build the links' common prefixes, once per page for every item."""
     return {
         "file": _("file"),
         "preview": _("Preview"),
         "tags": _("Tags"),
         "units": [_("B"), _("KB"), _("MB"), _("GB")],
+        "file_prefix": _prefix(url_for("programme.download", document_id=0, filename="_"), "0/_"),
+        "preview_prefix": _prefix(url_for("programme.preview", document_id=0), "0"),
     }
 
 
