@@ -10,12 +10,16 @@ page older than the data.
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, inspect, update
+from flask import g
+from sqlalchemy import event, inspect, select, update
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from .models import Document, Event, Meeting, Tag
+from .extensions import db
+from .models import Document, Event, Meeting, Tag, window_state
 
 EVENT_ID = 1
 WATCHED = (Meeting, Document, Tag, Event)
@@ -34,6 +38,44 @@ BUMP = (
     .where(_events.c.id == EVENT_ID)
     .values(content_version=_events.c.content_version + 1)
 )
+
+
+_STATE = select(
+    _events.c.shared_password_hash.is_not(None),
+    _events.c.password_version,
+    _events.c.access_opens,
+    _events.c.access_closes,
+    _events.c.content_version,
+).where(_events.c.id == EVENT_ID)
+
+
+@dataclass(frozen=True)
+class EventState:
+    """What every participant request needs of the event row, without the ORM's cost."""
+
+    has_password: bool
+    password_version: int
+    access_opens: dt.datetime | None
+    access_closes: dt.datetime | None
+    content_version: int
+
+    def window_state(self, now: dt.datetime | None = None) -> str:
+        return window_state(self.access_opens, self.access_closes, now)
+
+
+def event_state() -> EventState | None:
+    """Read the event's version numbers and window once per request (None: no event yet).
+
+    A plain pooled connection, outside the ORM session: on a cached page this is the
+    request's only query. It runs before the view reads any content, so a page rendered
+    after it can only be newer than the version it is filed under, never older.
+    """
+    if "portal_event_state" in g:
+        return g.portal_event_state
+    with db.engine.connect() as connection:
+        row = connection.execute(_STATE).first()
+    g.portal_event_state = state = None if row is None else EventState(*row)
+    return state
 
 
 def _changed(instance: Any) -> bool:

@@ -26,7 +26,7 @@ from flask_babel import get_locale
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 
-from .services.event import get_event
+from .content_version import event_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,7 +115,9 @@ def _key(canonical: Callable[[], bool]) -> tuple[Any, ...] | None:
         return None
     if "_flashes" in session or request.method != "GET" or not canonical():
         return None
-    event = get_event()
+    event = event_state()
+    if event is None:
+        return None
     return (
         request.script_root,
         request.path,
