@@ -33,6 +33,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Jinja escapes ``<`` in every value it prints: no document or title can forge this.
 PLACEHOLDER = b"<\x00portal-csrf\x00>"
 CACHE_CONTROL = "private, no-cache"
+#: The view's own headers worth replaying; the others (length, cookies) belong to one answer.
+KEPT_HEADERS = frozenset({"content-type", "content-security-policy"})
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,8 @@ def _store(key: tuple[Any, ...], response: Response) -> Entry | None:
     token = generate_csrf().encode()
     body = response.get_data().replace(token, PLACEHOLDER)
     digest = hashlib.sha256(repr((key, span)).encode()).hexdigest()[:20]
-    entry = Entry(body, tuple(response.headers.items()), span[1], digest)
+    headers = tuple((k, v) for k, v in response.headers.items() if k.lower() in KEPT_HEADERS)
+    entry = Entry(body, headers, span[1], digest)
     cache().put(key, entry)
     return entry
 

@@ -372,3 +372,15 @@ def test_a_page_that_says_what_is_next_expires_when_that_changes(app, make_meeti
     assert entry.valid_until == start
     assert cache.get(key, start - dt.timedelta(seconds=1)) is entry
     assert cache.get(key, start) is None
+
+
+def test_a_cached_preview_keeps_its_own_content_security_policy(app, make_document):
+    document = make_document("plan.pdf")
+    reader = new_participant(app)
+    first = reader.get(f"/preview/{document.id}")
+    second = reader.get(f"/preview/{document.id}")
+    assert len(cache_of(app)) == 1
+    for response in (first, second):
+        assert response.status_code == 200
+        assert "object-src 'self'" in response.headers["Content-Security-Policy"]
+        assert int(response.headers["Content-Length"]) == len(response.data)
