@@ -30,7 +30,6 @@ IGNORED = {
     Event: frozenset({"content_version"}),
 }
 IGNORED_BULK = frozenset({"download_count", "updated_at", "content_version"})
-FLAG = "portal.content_changed"
 
 _events = Event.__table__
 BUMP = (
@@ -87,21 +86,14 @@ def _changed(instance: Any) -> bool:
 
 
 def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    # Bumped before the flush writes anything: every transaction that changes content then
+    # locks the event row first, so two of them (on PostgreSQL) queue instead of deadlocking.
     if (
         any(isinstance(o, WATCHED) for o in session.new)
         or any(isinstance(o, WATCHED) for o in session.deleted)
         or any(_changed(o) for o in session.dirty)
     ):
-        session.info[FLAG] = True
-
-
-def _after_flush(session: Session, flush_context: Any) -> None:
-    if session.info.pop(FLAG, False):
         session.connection().execute(BUMP)
-
-
-def _forget(session: Session, *args: Any) -> None:
-    session.info.pop(FLAG, None)
 
 
 def _table_name(statement: Any) -> str | None:
@@ -135,6 +127,4 @@ def install() -> None:
     if event.contains(Session, "before_flush", _before_flush):
         return
     event.listen(Session, "before_flush", _before_flush)
-    event.listen(Session, "after_flush", _after_flush)
-    event.listen(Session, "after_soft_rollback", _forget)
     event.listen(Session, "do_orm_execute", _bulk_statement)
