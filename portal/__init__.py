@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import assets, errors, i18n, security, uploads
+from . import assets, content_version, errors, i18n, page_cache, security, uploads
 from .config import load_settings
 from .extensions import babel, csrf, db, limiter, login_manager, migrate
 from .storage import storage_from_setting
@@ -57,6 +57,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     i18n.init_app(app)
     assets.init_app(app)
     uploads.init_app(app)
+    content_version.install()
+    page_cache.init_app(app)
     app.extensions["portal.storage"] = storage_from_setting(
         app.config["STORAGE"],
         endpoint_url=app.config["S3_ENDPOINT_URL"],

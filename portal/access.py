@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from flask import abort, redirect, request, session, url_for
 from flask_login import AnonymousUserMixin, current_user, login_user
 
+from .content_version import EventState, event_state
 from .extensions import db, login_manager
 from .models import Facilitator
 from .services.event import get_event
@@ -47,9 +48,9 @@ def load_principal(user_id: str) -> Participant | Facilitator | None:
     """Turn the id kept in the session back into a principal, or None when it is stale."""
     kind, _, rest = user_id.partition(":")
     if kind == "p":
-        event = get_event()
+        event = event_state() or get_event()
         if (
-            event.shared_password_hash
+            (event.has_password if isinstance(event, EventState) else event.shared_password_hash)
             and rest == str(event.password_version)
             and event.window_state() == "open"
         ):

@@ -29,6 +29,18 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def window_state(
+    opens: dt.datetime | None, closes: dt.datetime | None, now: dt.datetime | None = None
+) -> str:
+    """Say whether an access window is ``"open"``, ``"not_yet"`` or ``"closed"``."""
+    now = now or utcnow()
+    if opens and now < opens:
+        return "not_yet"
+    if closes and now >= closes:
+        return "closed"
+    return "open"
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Store naive UTC on every engine and always hand back aware UTC datetimes."""
 
@@ -69,15 +81,13 @@ class Event(db.Model):
     password_version: Mapped[int] = mapped_column(Integer, default=1)
     access_opens: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     access_closes: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Bumped in the same transaction as any change a participant's listing shows
+    # (portal/content_version.py): cached pages are keyed by it, so none outlives a change.
+    content_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     def window_state(self, now: dt.datetime | None = None) -> str:
         """Say whether the access window is ``"open"``, ``"not_yet"`` or ``"closed"``."""
-        now = now or utcnow()
-        if self.access_opens and now < self.access_opens:
-            return "not_yet"
-        if self.access_closes and now >= self.access_closes:
-            return "closed"
-        return "open"
+        return window_state(self.access_opens, self.access_closes, now)
 
 
 class Meeting(db.Model):

@@ -327,7 +327,10 @@ def add_documents(make_document, meetings, count: int, start: int = 0) -> None:
         )
 
 
-def queries_for(app, client, url: str) -> int:
+def queries_for(app, client, url: str, cold: bool = True) -> int:
+    """Count the queries of one request; ``cold`` empties the page cache first."""
+    if cold:
+        app.extensions["portal.page_cache"].clear()
     with counting_queries(app) as statements:
         response = client.get(url)
     assert response.status_code == 200
@@ -347,6 +350,8 @@ def test_programme_issues_a_constant_number_of_queries(
     assert len(re.findall(r'class="doc-title"', page)) == 50
     with_fifty = queries_for(app, reader, url)
     assert with_fifty == with_one
+    # From the page cache: only the event row the participant's loader reads anyway.
+    assert queries_for(app, reader, url, cold=False) == 1
 
 
 def test_session_page_issues_a_constant_number_of_queries(app, reader, make_meeting, make_document):
@@ -360,6 +365,7 @@ def test_session_page_issues_a_constant_number_of_queries(app, reader, make_meet
     assert len(re.findall(r'class="doc-title"', page)) == in_session
     with_fifty = queries_for(app, reader, f"/sessions/{meeting.slug}")
     assert with_fifty == with_one
+    assert queries_for(app, reader, f"/sessions/{meeting.slug}", cold=False) == 1
 
 
 # --- days, the session under way, archives ---------------------------------------------------
@@ -550,3 +556,64 @@ def test_session_page_says_when_the_session_is_under_way(app, reader):
         slugs = {m.id: m.slug for m in db.session.scalars(db.select(Meeting))}
     assert '<span class="badge">Under way</span>' in page_of(reader, f"/sessions/{slugs[current]}")
     assert 'class="badge"' not in page_of(reader, f"/sessions/{slugs[later]}")
+
+
+# --- links and sizes built without url_for per document --------------------------------------
+
+
+def test_document_links_are_those_url_for_builds(app, reader, make_document):
+    names = ["plan de séance #2 ?%.pdf", "a&b;c=d@e+f!.png", "100% utile (v2).pdf"]
+    documents = [
+        make_document(name, content=PNG_BYTES if name.endswith(".png") else PDF_BYTES)
+        for name in names
+    ]
+    page = page_of(reader, "/")
+    with app.test_request_context():
+        from flask import url_for
+
+        for document in documents:
+            file_url = url_for(
+                "programme.download", document_id=document.id, filename=document.original_name
+            )
+            preview_url = url_for("programme.preview", document_id=document.id)
+            assert f'href="{file_url}"' in page.replace("&amp;", "&")
+            assert f'href="{preview_url}"' in page
+            response = reader.get(file_url)
+            assert response.status_code == 200
+            response.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "label"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1 KB"),
+        (2560, "2 KB"),  # Python's rounding, as Jinja's round filter did
+        (1024 * 1024 - 1, "1024 KB"),
+        (1024 * 1024, "1.0 MB"),
+        (int(1.56 * 1024 * 1024), "1.6 MB"),
+        (1024**3, "1.0 GB"),
+        (5 * 1024**3 + 123456789, "5.11 GB"),
+    ],
+)
+def test_sizes_are_written_with_their_unit(size, label):
+    from portal.views.programme import filesize
+
+    assert filesize(size, ["B", "KB", "MB", "GB"]) == label
+
+
+def test_sizes_match_the_template_arithmetic_they_replace():
+    from jinja2 import Environment
+
+    from portal.views.programme import filesize
+
+    units = ["B", "KB", "MB", "GB"]
+    old = Environment(autoescape=True).from_string(
+        "{%- if b < 1024 -%}{{ b }} {{ u[0] }}"
+        "{%- elif b < 1024 * 1024 -%}{{ (b / 1024) | round(0) | int }} {{ u[1] }}"
+        "{%- elif b < 1024 * 1024 * 1024 -%}{{ (b / 1048576) | round(1) }} {{ u[2] }}"
+        "{%- else -%}{{ (b / 1073741824) | round(2) }} {{ u[3] }}{%- endif -%}"
+    )
+    for size in [*range(0, 5000, 7), *range(0, 8 * 1024**3, 1024**3 // 97 + 13)]:
+        assert filesize(size, units) == old.render(b=size, u=units), size

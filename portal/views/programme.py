@@ -7,7 +7,7 @@ import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from itertools import groupby
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from flask import Blueprint, abort, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -19,7 +19,9 @@ from ..access import unlocked_required
 from ..downloads import archive_response, file_response
 from ..extensions import db
 from ..filetypes import INLINE_TYPES
+from ..i18n import LANGUAGES
 from ..models import Document, Meeting, Tag, document_tags
+from ..page_cache import cached_page, window
 from ..services.tags import slugify
 from ..timezones import to_local
 
@@ -54,14 +56,43 @@ def previewable(document: Document) -> bool:
     return document.content_type in INLINE_TYPES
 
 
+#: What Werkzeug's default converter leaves unescaped in a path segment (``to_url``).
+SEGMENT_SAFE = "!$&'()*+,/:;=@"
+
+
+@bp.app_template_filter("path_segment")
+def path_segment(value: str) -> str:
+    """Escape a file name as ``url_for`` would, without building a whole URL per document."""
+    return quote(value, safe=SEGMENT_SAFE)
+
+
+@bp.app_template_filter("filesize")
+def filesize(size: int, units: Sequence[str]) -> str:
+    """Write a size with its unit, as the ``size`` macro always did (same rounding)."""
+    if size < 1024:
+        return f"{size} {units[0]}"
+    if size < 1024 * 1024:
+        return f"{int(round(size / 1024, 0))} {units[1]}"
+    if size < 1024 * 1024 * 1024:
+        return f"{round(size / 1048576, 1)} {units[2]}"
+    return f"{round(size / 1073741824, 2)} {units[3]}"
+
+
+def _prefix(url: str, tail: str) -> str:
+    assert url.endswith(tail)  # noqa: S101 - the routes below fix this shape
+    return url[: -len(tail)]
+
+
 @bp.app_template_global("item_words")
 def item_words() -> dict[str, object]:
-    """Translate once per page the words every document item repeats."""
+    """Translate, and build the links' common prefixes, once per page for every item."""
     return {
         "file": _("file"),
         "preview": _("Preview"),
         "tags": _("Tags"),
         "units": [_("B"), _("KB"), _("MB"), _("GB")],
+        "file_prefix": _prefix(url_for("programme.download", document_id=0, filename="_"), "0/_"),
+        "preview_prefix": _prefix(url_for("programme.preview", document_id=0), "0"),
     }
 
 
@@ -85,6 +116,24 @@ def _filters() -> tuple[list[str], str]:
     tags = [slugify(t) for t in request.args.getlist("tag")][:MAX_TAGS]
     text = " ".join(request.args.get("q", "").split())[:MAX_TEXT]
     return list(dict.fromkeys(t for t in tags if t)), text
+
+
+def _canonical_filters() -> bool:
+    """Say whether the query string is exactly what the programme's own links produce."""
+    allowed = {"q", "tag", "lang"}
+    if not set(request.args) <= allowed:
+        return False
+    if any(len(request.args.getlist(k)) > 1 for k in ("q", "lang")):
+        return False
+    if "lang" in request.args and request.args["lang"] not in LANGUAGES:
+        return False
+    tags, text = _filters()
+    given_text = request.args.get("q")
+    return tags == request.args.getlist("tag") and (given_text is None or given_text == text != "")
+
+
+def _lang_only() -> bool:
+    return set(request.args) <= {"lang"} and request.args.getlist("lang") in ([], ["fr"], ["en"])
 
 
 def _filter_url(tag_slugs: list[str], text: str) -> Callable[..., str]:
@@ -131,11 +180,14 @@ def _by_day(meetings: Sequence[Meeting]) -> list[tuple[dt.date, list[Meeting]]]:
 
 @bp.get("/")
 @unlocked_required
+@cached_page(_canonical_filters)
 def index() -> ResponseReturnValue:
     """List the sessions day by day with their documents; filter by tags and text."""
     tag_slugs, text = _filters()
     meetings = db.session.scalars(db.select(Meeting).order_by(Meeting.starts_at, Meeting.id)).all()
-    current, upcoming = _now_and_next(meetings, dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    current, upcoming = _now_and_next(meetings, now)
+    window([t for m in meetings for t in (m.starts_at, m.ends_at)], now)
     by_meeting: dict[int | None, list[Document]] = defaultdict(list)
     for document in db.session.scalars(_filtered_documents(tag_slugs, text)):
         by_meeting[document.meeting_id].append(document)
@@ -173,6 +225,7 @@ def _meeting_or_404(slug: str) -> Meeting:
 
 @bp.get("/sessions/<slug>")
 @unlocked_required
+@cached_page(_lang_only)
 def meeting(slug: str) -> ResponseReturnValue:
     """Show one session and its documents."""
     found = _meeting_or_404(slug)
@@ -183,6 +236,7 @@ def meeting(slug: str) -> ResponseReturnValue:
         .order_by(Document.created_at, Document.id)
     ).all()
     now = dt.datetime.now(dt.UTC)
+    window([found.starts_at, found.ends_at], now)
     return render_template(
         "programme/session.html",
         meeting=found,
@@ -203,6 +257,7 @@ PREVIEW_POLICY = (
 
 @bp.get("/preview/<int:document_id>")
 @unlocked_required
+@cached_page(_lang_only)
 def preview(document_id: int) -> ResponseReturnValue:
     """Show a PDF or an image inside a page, with a download button and a way back."""
     document = db.get_or_404(Document, document_id)
@@ -211,6 +266,7 @@ def preview(document_id: int) -> ResponseReturnValue:
         return render_template(
             "errors/error.html", code=404, title=_("No preview"), message=message
         ), 404
+    window([], dt.datetime.now(dt.UTC))
     response = render_template("programme/preview.html", document=document)
     return response, 200, {"Content-Security-Policy": PREVIEW_POLICY}
 

@@ -1,0 +1,201 @@
+"""Rendered participant pages, kept per process, never older than the database.
+
+An entry is keyed by the page's address (path and query string, only when the query is in
+its canonical form), the language and the event's ``content_version`` and password
+version, both read from the database on every request by the participant's loader: a
+change committed by any process changes the key everywhere at once. A page that highlights
+the session under way carries the instants between which that highlight holds and is
+dropped past them. The per-user parts never enter the cache: the CSRF token is stored as a
+placeholder and replaced by the requester's own; a request with flashed messages, from a
+facilitator or from a visitor goes straight to the view.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, g, make_response, request, session
+from flask_babel import get_locale
+from flask_login import current_user
+from flask_wtf.csrf import generate_csrf
+
+from .content_version import event_state
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Jinja escapes ``<`` in every value it prints: no document or title can forge this.
+PLACEHOLDER = b"<\x00portal-csrf\x00>"
+CACHE_CONTROL = "private, no-cache"
+#: The view's own headers worth replaying; the others (length, cookies) belong to one answer.
+KEPT_HEADERS = frozenset({"content-type", "content-security-policy"})
+
+
+@dataclass(frozen=True)
+class Entry:
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    valid_until: dt.datetime | None
+    tag: str
+
+
+class PageCache:
+    """A small LRU, bounded in entries and in bytes, safe for a threaded worker."""
+
+    def __init__(self, max_entries: int = 256, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[Any, ...], Entry] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        return self._bytes
+
+    def get(self, key: tuple[Any, ...], now: dt.datetime) -> Entry | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry.valid_until is not None and now >= entry.valid_until:
+                self._drop(key)
+                return None
+            self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple[Any, ...], entry: Entry) -> None:
+        if len(entry.body) > self.max_bytes // 8:
+            return
+        with self._lock:
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = entry
+            self._bytes += len(entry.body)
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def _drop(self, key: tuple[Any, ...]) -> None:
+        self._bytes -= len(self._entries.pop(key).body)
+
+
+def window(boundaries: Iterable[dt.datetime], now: dt.datetime) -> None:
+    """Tell the cache between which instants the page being rendered stays true.
+
+    ``boundaries`` are the instants at which what the page says about "now" changes (the
+    starts and ends of the sessions it highlights); a view that never calls this is not
+    cached.
+    """
+    instants = sorted(boundaries)
+    g.page_window = (
+        max((b for b in instants if b <= now), default=None),
+        min((b for b in instants if b > now), default=None),
+    )
+
+
+def cache() -> PageCache:
+    return current_app.extensions["portal.page_cache"]
+
+
+def _key(canonical: Callable[[], bool]) -> tuple[Any, ...] | None:
+    user = current_user
+    if not (user.is_authenticated and user.is_participant):
+        return None
+    if "_flashes" in session or request.method != "GET" or not canonical():
+        return None
+    event = event_state()
+    if event is None:
+        return None
+    return (
+        request.script_root,
+        request.path,
+        request.query_string,
+        str(get_locale()),
+        event.content_version,
+        event.password_version,
+    )
+
+
+def _store(key: tuple[Any, ...], response: Response) -> Entry | None:
+    span = g.pop("page_window", None)
+    if span is None or response.status_code != 200 or response.is_streamed:
+        return None
+    token = generate_csrf().encode()
+    body = response.get_data().replace(token, PLACEHOLDER)
+    digest = hashlib.sha256(repr((key, span)).encode()).hexdigest()[:20]
+    headers = tuple((k, v) for k, v in response.headers.items() if k.lower() in KEPT_HEADERS)
+    entry = Entry(body, headers, span[1], digest)
+    cache().put(key, entry)
+    return entry
+
+
+def _etag(entry: Entry) -> str:
+    # The body carries this session's CSRF token: a browser may reuse it only in the same
+    # session (leaving and unlocking again starts a new one).
+    generate_csrf()
+    mine = hashlib.sha256(str(session.get("csrf_token", "")).encode()).hexdigest()[:12]
+    return f"{entry.tag}-{mine}"
+
+
+def _answer(entry: Entry) -> Response:
+    etag = _etag(entry)
+    if request.if_none_match.contains_weak(etag):
+        response = Response(status=304)
+        response.headers["Content-Type"] = dict(entry.headers).get("Content-Type", "text/html")
+    else:
+        body = entry.body.replace(PLACEHOLDER, generate_csrf().encode())
+        response = Response(body, headers=list(entry.headers))
+    response.set_etag(etag, weak=True)
+    response.headers["Cache-Control"] = CACHE_CONTROL
+    return response
+
+
+def cached_page(canonical: Callable[[], bool] = lambda: not request.args) -> Callable[[F], F]:
+    """Serve the view's page from the cache when the requester may share it.
+
+    ``canonical`` says whether the query string is already in the one form the view would
+    link to; any other (extra or unnormalised parameters) is rendered but never stored,
+    so arbitrary parameters cannot fill the cache.
+    """
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            key = _key(canonical)
+            if key is None:
+                return view(*args, **kwargs)
+            now = dt.datetime.now(dt.UTC)
+            entry = cache().get(key, now)
+            if entry is None:
+                g.pop("page_window", None)
+                response = make_response(view(*args, **kwargs))
+                entry = _store(key, response)
+                if entry is None:
+                    return response
+            return _answer(entry)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorate
+
+
+def init_app(app: Flask) -> None:
+    """Give the application its own cache (two apps in one process share nothing)."""
+    app.extensions["portal.page_cache"] = PageCache(
+        app.config.get("PAGE_CACHE_ENTRIES", 256),
+        app.config.get("PAGE_CACHE_BYTES", 16 * 1024 * 1024),
+    )

@@ -1,0 +1,386 @@
+"""The content version and the participants' page cache: fast, and never stale.
+
+Two applications on one database and one storage stand for two server processes: a change
+made through one is visible on the very next request to the other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+
+import pytest
+from conftest import ADMIN_EMAIL, PDF_BYTES, SHARED_PASSWORD, csrf_token, login, unlock
+from flask import Flask
+
+from portal import create_app
+from portal.extensions import db
+from portal.models import Document, Event, Meeting, Tag
+from portal.page_cache import PLACEHOLDER, Entry, PageCache
+from portal.services import documents as document_service
+from portal.services import event as event_service
+from portal.services.accounts import set_shared_password
+
+LEAVE_TOKEN = re.compile(
+    r'action="/leave"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"'
+)
+
+
+def version(app: Flask) -> int:
+    with app.app_context():
+        return db.session.scalar(db.select(Event.content_version).where(Event.id == 1))
+
+
+def cache_of(app: Flask) -> PageCache:
+    return app.extensions["portal.page_cache"]
+
+
+def page(client, url: str = "/") -> str:
+    response = client.get(url)
+    assert response.status_code == 200, url
+    return response.get_data(as_text=True)
+
+
+@pytest.fixture
+def second_app(app, app_config) -> Flask:
+    """Another process on the same database and storage."""
+    other = create_app(app_config)
+    yield other
+    with other.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def new_participant(app: Flask):
+    client = app.test_client()
+    assert unlock(client).status_code == 303
+    client.set_cookie("lang", "en")
+    return client
+
+
+def new_facilitator(app: Flask, email: str | None = None):
+    client = app.test_client()
+    response = login(client, email) if email else login(client)
+    assert response.status_code == 303
+    client.set_cookie("lang", "en")
+    return client
+
+
+# --- the content version --------------------------------------------------------------------
+
+
+def _in_app(app, change):
+    with app.app_context():
+        change()
+        db.session.remove()
+
+
+CHANGES = {
+    "new session": lambda m, d: event_service.save_meeting(
+        None, title="Nouveau", starts_at=m.starts_at, ends_at=m.ends_at
+    ),
+    "session edited": lambda m, d: event_service.save_meeting(
+        db.session.get(Meeting, m.id), title="Renommé", starts_at=m.starts_at, ends_at=m.ends_at
+    ),
+    "session deleted": lambda m, d: event_service.delete_meeting(db.session.get(Meeting, m.id)),
+    "document edited": lambda m, d: document_service.update_document(
+        db.session.get(Document, d.id), title="Autre", description="", meeting=None, tags=["x"]
+    ),
+    "document retagged": lambda m, d: document_service.update_document(
+        db.session.get(Document, d.id), title=d.title, description="", meeting=None, tags=["y"]
+    ),
+    "document deleted": lambda m, d: document_service.delete_document(
+        db.session.get(Document, d.id)
+    ),
+    "file replaced": lambda m, d: document_service.replace_document(
+        db.session.get(Document, d.id), io.BytesIO(PDF_BYTES + b" "), "v2.pdf"
+    ),
+    "tag renamed": lambda m, d: (
+        setattr(db.session.scalars(db.select(Tag)).first(), "name", "Renommée"),
+        db.session.commit(),
+    ),
+    "bulk update": lambda m, d: (
+        db.session.execute(db.update(Document).values(description="en masse")),
+        db.session.commit(),
+    ),
+    "event settings": lambda m, d: event_service.update_event(
+        title="Autre titre", description="", starts_on=None, ends_on=None
+    ),
+    "access window": lambda m, d: event_service.set_access_window(
+        None, dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    ),
+    "password": lambda m, d: set_shared_password("un autre mot de passe"),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_every_change_to_a_listing_bumps_the_version(app, make_meeting, make_document, change):
+    meeting = make_meeting()
+    document = make_document(meeting=meeting, tags=["Support"], title="Avant")
+    before = version(app)
+    _in_app(app, lambda: CHANGES[change](meeting, document))
+    assert version(app) > before
+
+
+def test_an_upload_bumps_the_version(app):
+    before = version(app)
+    _in_app(app, lambda: document_service.add_document(io.BytesIO(PDF_BYTES), "a.pdf"))
+    assert version(app) == before + 1  # once per flush, not once per row
+
+
+def test_a_download_does_not_bump_the_version(app, make_document):
+    document = make_document()
+    reader = new_participant(app)
+    before = version(app)
+    response = reader.get(f"/documents/{document.id}/{document.original_name}")
+    assert response.status_code == 200
+    response.close()
+    with app.app_context():
+        assert db.session.get(Document, document.id).download_count == 1
+    assert version(app) == before
+
+
+def test_a_rolled_back_change_does_not_bump_the_version(app, make_meeting):
+    meeting = make_meeting()
+    before = version(app)
+    with app.app_context():
+        db.session.get(Meeting, meeting.id).title = "Jamais"
+        db.session.flush()
+        assert db.session.scalar(db.select(Event.content_version)) == before + 1
+        db.session.rollback()
+        db.session.remove()
+    assert version(app) == before
+    with app.app_context():
+        db.session.get(Meeting, meeting.id).description = "Vraiment"
+        db.session.commit()
+        db.session.remove()
+    assert version(app) == before + 1  # the rolled-back flush left nothing behind
+
+
+# --- never stale, on either process ---------------------------------------------------------
+
+
+def test_changes_through_one_app_show_at_once_on_both(app, second_app, make_meeting):
+    meeting = make_meeting("Temps A")
+    here, there = new_participant(app), new_participant(second_app)
+    boss = new_facilitator(app)
+    session_url = f"/sessions/{meeting.slug}"
+
+    def seen(text: str) -> bool:
+        return all(text in page(c, u) for c in (here, there) for u in ("/", session_url))
+
+    for client in (here, there):  # warm both caches
+        page(client), page(client, session_url)
+    assert len(cache_of(second_app)) == 2
+
+    token = csrf_token(boss, "/manage/upload")
+    data = {
+        "files": (io.BytesIO(PDF_BYTES), "cartes.pdf"),
+        "session": str(meeting.id),
+        "tags": "Carte",
+        "title": "Cartes du monde",
+        "description": "",
+        "csrf_token": token,
+    }
+    response = boss.post("/manage/upload", data=data, content_type="multipart/form-data")
+    assert response.status_code in (200, 303)
+    assert seen("Cartes du monde")
+    with app.app_context():
+        document_id = db.session.scalars(db.select(Document.id)).one()
+
+    edit = {
+        "title": "Cartes révisées",
+        "description": "",
+        "session": str(meeting.id),
+        "tags": "Géographie",
+        "csrf_token": csrf_token(boss, "/manage/upload"),
+    }
+    assert boss.post(f"/manage/documents/{document_id}/edit", data=edit).status_code == 303
+    assert seen("Cartes révisées") and seen("Géographie")
+    assert not any("Carte<" in page(c) for c in (here, there))  # the old tag is gone
+
+    form = {
+        "title": "Temps A bis",
+        "slug": meeting.slug,
+        "starts_at": "2020-11-21T11:00",
+        "ends_at": "2020-11-21T12:00",
+        "facilitators": "",
+        "meeting_url": "",
+        "description": "",
+        "csrf_token": csrf_token(boss, "/manage/upload"),
+    }
+    assert boss.post(f"/manage/sessions/{meeting.id}/edit", data=form).status_code == 303
+    assert seen("Temps A bis")
+
+    delete = {"csrf_token": csrf_token(boss, "/manage/upload")}
+    assert boss.post(f"/manage/documents/{document_id}/delete", data=delete).status_code == 303
+    assert not any("Cartes révisées" in page(c) for c in (here, there))
+
+
+def test_a_new_password_is_never_answered_from_the_cache(app, second_app):
+    here, there = new_participant(app), new_participant(second_app)
+    page(here), page(there)
+    boss = new_facilitator(second_app, ADMIN_EMAIL)
+    data = {
+        "title": "Session nationale",
+        "description": "",
+        "starts_on": "",
+        "ends_on": "",
+        "access_opens": "",
+        "access_closes": "",
+        "password": "nouveau-mot-2020",
+        "password_confirm": "nouveau-mot-2020",
+        "csrf_token": csrf_token(boss, "/manage/settings"),
+    }
+    assert boss.post("/manage/settings", data=data).status_code in (200, 303)
+    for client in (here, there):
+        response = client.get("/")
+        assert response.status_code == 302
+        assert "/access" in response.headers["Location"]
+
+
+# --- what is per user ----------------------------------------------------------------------
+
+
+def test_a_page_with_a_flashed_message_is_neither_served_from_nor_kept_in_the_cache(app):
+    reader = new_participant(app)
+    page(reader)
+    cached = len(cache_of(app))
+    with reader.session_transaction() as session:
+        session["_flashes"] = [("success", "Un message pour vous seul")]
+    assert "Un message pour vous seul" in page(reader)
+    assert len(cache_of(app)) == cached
+    assert "Un message pour vous seul" not in page(reader)
+    other = new_participant(app)
+    assert "Un message pour vous seul" not in page(other)
+
+
+def test_each_participant_gets_a_leave_token_valid_for_their_own_session(app, make_document):
+    make_document(title="Commun")
+    first, second = new_participant(app), new_participant(app)
+    first_page, second_page = page(first), page(second)
+    assert len(cache_of(app)) == 1  # one rendering, two readers
+    assert PLACEHOLDER.decode() not in first_page
+    first_token = LEAVE_TOKEN.search(first_page).group(1)
+    second_token = LEAVE_TOKEN.search(second_page).group(1)
+    assert first_token != second_token
+    # Someone else's token does not let a form through.
+    second.post("/leave", data={"csrf_token": first_token})
+    assert second.get("/").status_code == 200
+    for client, token in ((first, first_token), (second, second_token)):
+        assert client.post("/leave", data={"csrf_token": token}).status_code == 303
+        assert client.get("/").status_code == 302  # back at the gate: the token was valid
+
+
+def test_facilitators_are_never_served_the_participants_pages(app):
+    reader = new_participant(app)
+    page(reader)
+    cached = len(cache_of(app))
+    boss = new_facilitator(app)
+    boss_page = page(boss)
+    assert "/manage/upload" in boss_page
+    assert len(cache_of(app)) == cached
+    assert "/manage/upload" not in page(reader)
+
+
+def test_visitors_are_sent_to_the_gate_not_served_the_cache(app):
+    page(new_participant(app))
+    response = app.test_client().get("/")
+    assert response.status_code == 302
+    assert "/access" in response.headers["Location"]
+
+
+# --- HTTP caching ---------------------------------------------------------------------------
+
+
+def test_a_matching_etag_gets_304_until_the_content_changes(app, make_document):
+    reader = new_participant(app)
+    first = reader.get("/")
+    etag = first.headers["ETag"]
+    assert etag.startswith('W/"')
+    assert first.headers["Cache-Control"] == "private, no-cache"
+    again = reader.get("/", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.data == b""
+    make_document(title="Nouveauté")
+    after = reader.get("/", headers={"If-None-Match": etag})
+    assert after.status_code == 200
+    assert "Nouveauté" in after.get_data(as_text=True)
+    assert after.headers["ETag"] != etag
+
+
+def test_an_etag_is_not_valid_across_participants_or_a_second_unlock(app):
+    first, second = new_participant(app), new_participant(app)
+    etag = first.get("/").headers["ETag"]
+    assert second.get("/", headers={"If-None-Match": etag}).status_code == 200
+    # Leaving and coming back starts a new session, with a new token in the page.
+    token = LEAVE_TOKEN.search(page(first)).group(1)
+    first.post("/leave", data={"csrf_token": token})
+    unlock(first, SHARED_PASSWORD)
+    assert first.get("/", headers={"If-None-Match": etag}).status_code == 200
+
+
+# --- bounded --------------------------------------------------------------------------------
+
+
+def test_unusual_query_strings_are_answered_but_not_kept(app, make_document):
+    make_document(title="Doc", tags=["Support"])
+    reader = new_participant(app)
+    page(reader, "/?tag=support")
+    cached = len(cache_of(app))
+    for url in (
+        "/?junk=1",
+        "/?tag=Support",
+        "/?tag=support&tag=support",
+        "/?q=%20doc",
+        "/?q=",
+        "/?lang=de",
+        "/?lang=en&lang=fr",
+        "/sessions/x?tag=1",
+    ):
+        response = reader.get(url)
+        assert response.status_code in (200, 404), url
+        assert "ETag" not in response.headers
+    assert len(cache_of(app)) == cached
+
+
+def test_the_cache_is_bounded_in_entries_and_bytes():
+    cache = PageCache(max_entries=3, max_bytes=800)
+    for number in range(10):
+        cache.put(("k", number), Entry(b"x" * 50, (), None, str(number)))
+    assert len(cache) == 3
+    assert cache.get(("k", 0), dt.datetime.now(dt.UTC)) is None
+    cache.put(("big",), Entry(b"x" * 101, (), None, "big"))  # over an eighth: never kept
+    assert cache.get(("big",), dt.datetime.now(dt.UTC)) is None
+    for number in range(3):
+        cache.put(("m", number), Entry(b"x" * 100, (), None, str(number)))
+    assert cache.size <= 800
+
+
+def test_a_page_that_says_what_is_next_expires_when_that_changes(app, make_meeting):
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
+    with app.app_context():
+        event_service.save_meeting(
+            None, title="Bientôt", starts_at=start, ends_at=start + dt.timedelta(hours=1)
+        )
+        db.session.remove()
+    reader = new_participant(app)
+    assert "Next:" in page(reader)
+    cache = cache_of(app)
+    ((key, entry),) = cache._entries.items()
+    assert entry.valid_until == start
+    assert cache.get(key, start - dt.timedelta(seconds=1)) is entry
+    assert cache.get(key, start) is None
+
+
+def test_a_cached_preview_keeps_its_own_content_security_policy(app, make_document):
+    document = make_document("plan.pdf")
+    reader = new_participant(app)
+    first = reader.get(f"/preview/{document.id}")
+    second = reader.get(f"/preview/{document.id}")
+    assert len(cache_of(app)) == 1
+    for response in (first, second):
+        assert response.status_code == 200
+        assert "object-src 'self'" in response.headers["Content-Security-Policy"]
+        assert int(response.headers["Content-Length"]) == len(response.data)
