@@ -306,6 +306,8 @@ def _fsync_folder(path: Path) -> None:
 
 # --- reading an archive ------------------------------------------------------------------
 
+#: What a damaged or foreign archive raises while read; zipfile raises NotImplementedError
+#: for a compression method it does not support (the archive is refused, not half-read).
 _ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 

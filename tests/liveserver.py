@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -36,6 +37,43 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def answers(port: int) -> bool:
+    """Say whether something accepts TCP connections on that loopback port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def redis_client(url: str):  # type: ignore[no-untyped-def]
+    """A Redis client for ``url``; skips the calling test where no Redis answers."""
+    redis = pytest.importorskip("redis", reason='redis is not installed (pip install ".[redis]")')
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("no Redis server answers on 127.0.0.1:6379")
+    return client
+
+
+def demo_instance(root: Path) -> None:
+    """Fill a new instance in ``root`` with ``portal demo`` (on the test database, emptied)."""
+    from conftest import TEST_DATABASE_URL, _reset_postgresql
+
+    if TEST_DATABASE_URL:
+        _reset_postgresql(TEST_DATABASE_URL)
+    demo = subprocess.run(
+        [str(PORTAL), "demo"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=portal_env(root),
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr
+
+
 def portal_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
     env["PORTAL_INSTANCE_DIR"] = str(root / "instance")
@@ -58,20 +96,35 @@ class Reply:
 
 @dataclass
 class Browser:
-    """A tiny HTTP client that keeps its cookies and opens a new connection per request."""
+    """A tiny HTTP client that keeps its cookies and opens a new connection per request.
+
+    With ``tls`` it speaks HTTPS (trusting that context's certificates) and sends the
+    ``Referer`` a browser sends with a form on port 443, as Flask-WTF checks it over HTTPS.
+    """
 
     port: int
     cookies: dict[str, str] = field(default_factory=dict)
+    tls: ssl.SSLContext | None = None
 
-    def request(self, method: str, path: str, form: dict[str, str] | None = None) -> Reply:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        headers = {"Connection": "close", "Accept-Language": "en"}
+    def request(
+        self, method: str, path: str, form: dict[str, str] | None = None, **extra: str
+    ) -> Reply:
+        if self.tls is None:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        else:
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", self.port, context=self.tls, timeout=15
+            )
+        headers = {"Connection": "close", "Accept-Language": "en", **extra}
         body = None
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         if form is not None:
             body = urlencode(form)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
+            if self.tls is not None:
+                # nginx passes the host without the default port.
+                headers["Referer"] = f"https://127.0.0.1{path}"
         try:
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()

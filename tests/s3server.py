@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from liveserver import answers
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 CREDENTIALS = {
@@ -33,14 +34,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="session", name="s3_endpoint")
@@ -60,7 +53,7 @@ def s3_endpoint_fixture() -> Iterator[str]:
     )
     try:
         deadline = time.monotonic() + 30
-        while not _answers(port):
+        while not answers(port):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.skip(f"moto_server did not start on 127.0.0.1:{port}")
             time.sleep(0.1)

@@ -13,7 +13,6 @@ import http.client
 import io
 import json
 import re
-import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -21,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import TEST_DATABASE_URL, _reset_postgresql
-from liveserver import PORTAL, Browser, Server, free_port, portal_env, printed
+from liveserver import Browser, Server, demo_instance, free_port, printed
 
 from portal.demo import SESSIONS, make_png
 
@@ -50,18 +48,8 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    if TEST_DATABASE_URL:
-        _reset_postgresql(TEST_DATABASE_URL)
     root = tmp_path_factory.mktemp("live")
-    demo = subprocess.run(
-        [str(PORTAL), "demo"],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=portal_env(root),
-        timeout=120,
-    )
-    assert demo.returncode == 0, demo.stderr
+    demo_instance(root)
     server = Server(root, free_port(), workers=2)
     second = None
     try:

@@ -13,21 +13,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from pathlib import Path
-from urllib.parse import urlencode
 
 import liveserver
 import pytest
 from conftest import TEST_DATABASE_URL, _reset_postgresql
 from deploy_guide import block, replace_all
-from liveserver import PORTAL, Reply, Server, free_port, portal_env
+from liveserver import PORTAL, Browser, Server, answers, free_port, portal_env
 
 pytestmark = pytest.mark.live
 
@@ -35,57 +32,6 @@ NGINX = Path("/usr/sbin/nginx")
 README = Path(__file__).resolve().parent.parent / "README.md"
 SHARED_PASSWORD = "mot de passe 2020"
 CONTENT = b"%PDF-1.4\n" + os.urandom(300_000) + b"\n%%EOF\n"
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@dataclass
-class Client:
-    """A cookie-keeping HTTPS client that trusts the test's certificate."""
-
-    port: int
-    context: ssl.SSLContext
-    cookies: dict[str, str]
-
-    def request(
-        self, method: str, path: str, form: dict[str, str] | None = None, **headers: str
-    ) -> Reply:
-        connection = http.client.HTTPSConnection(
-            "127.0.0.1", self.port, context=self.context, timeout=15
-        )
-        sent = {"Connection": "close", "Accept-Language": "en", **headers}
-        body = None
-        if self.cookies:
-            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        if form is not None:
-            body = urlencode(form)
-            sent["Content-Type"] = "application/x-www-form-urlencoded"
-            # What a browser sends on port 443: nginx passes the host without a port.
-            sent["Referer"] = f"https://127.0.0.1{path}"
-        try:
-            connection.request(method, path, body=body, headers=sent)
-            response = connection.getresponse()
-            reply = Reply(response.status, response.headers, response.read())
-        finally:
-            connection.close()
-        for raw in reply.headers.get_all("Set-Cookie") or []:
-            jar = SimpleCookie()
-            jar.load(raw)
-            self.cookies.update({name: morsel.value for name, morsel in jar.items()})
-        return reply
-
-    def csrf(self, path: str) -> str:
-        page = self.request("GET", path)
-        assert page.status == 200, page.status
-        match = liveserver.CSRF.search(page.text)
-        assert match
-        return match.group(1) or match.group(2)
 
 
 @dataclass
@@ -96,8 +42,8 @@ class Site:
     key: str
     document_id: int
 
-    def client(self) -> Client:
-        return Client(self.https_port, self.context, {})
+    def client(self) -> Browser:
+        return Browser(self.https_port, tls=self.context)
 
 
 def _certificate(folder: Path) -> tuple[Path, Path]:
@@ -215,7 +161,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         server.wait_ready()
         deadline = time.monotonic() + 15
-        while not _answers(ports["https"]):
+        while not answers(ports["https"]):
             if nginx.poll() is not None or time.monotonic() > deadline:
                 log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
                 pytest.fail(f"nginx did not start: {nginx.stderr.read().decode()}\n{log}")
@@ -235,7 +181,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         server.stop()
 
 
-def unlocked(site: Site) -> Client:
+def unlocked(site: Site) -> Browser:
     client = site.client()
     token = client.csrf("/access")
     reply = client.request("POST", "/access", {"password": SHARED_PASSWORD, "csrf_token": token})

@@ -10,21 +10,11 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_DATABASE_URL, _reset_postgresql
-from test_live_server import PORTAL, Browser, free_port, portal_env
+from liveserver import PORTAL, Browser, free_port, portal_env, redis_client
 
 pytestmark = pytest.mark.live
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
-
-
-def _redis():
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("no Redis server answers on 127.0.0.1:6379")
-    return client
 
 
 def _run(args: list[str], root: Path, env: dict[str, str], stdin: str = "") -> None:
@@ -48,7 +38,7 @@ def _wait_ready(process: subprocess.Popen, port: int) -> None:
 
 
 def test_wrong_tries_count_across_two_servers(tmp_path):
-    client = _redis()
+    client = redis_client(REDIS_URL)
     client.flushdb()
     if TEST_DATABASE_URL:
         _reset_postgresql(TEST_DATABASE_URL)

@@ -23,7 +23,7 @@ import liveserver
 import pytest
 from conftest import TEST_DATABASE_URL, _reset_postgresql
 from deploy_guide import block, replace_all
-from liveserver import PORTAL, Browser, Reply, Server, free_port
+from liveserver import PORTAL, Browser, Reply, Server, free_port, redis_client
 from s3server import s3_endpoint_fixture  # noqa: F401 - fixture
 
 pytestmark = [
@@ -41,16 +41,6 @@ ADMIN_EMAIL, ADMIN_PASSWORD = "admin@example.org", "admin-password-2020"
 CONTENT = b"%PDF-1.4\n" + os.urandom(200_000) + b"\n%%EOF\n"
 
 
-def _redis():
-    redis = pytest.importorskip("redis", reason='redis is not installed (pip install ".[redis]")')
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("no Redis server answers on 127.0.0.1:6379")
-    return client
-
-
 @dataclass
 class Pair:
     first: Server
@@ -61,7 +51,7 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Pair]:
-    redis = _redis()
+    redis = redis_client(REDIS_URL)
     redis.flushdb()
     _reset_postgresql(TEST_DATABASE_URL)
     bucket = f"portal-{secrets.token_hex(6)}"
@@ -242,7 +232,7 @@ def test_a_password_change_on_one_server_signs_participants_out_on_the_other(pai
 
 
 def test_failed_gate_attempts_count_across_both_servers(pair):
-    _redis().flushdb()
+    redis_client(REDIS_URL).flushdb()
     statuses = []
     for attempt in range(11):
         browser = Browser((pair.first, pair.second)[attempt % 2].port)

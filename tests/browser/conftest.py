@@ -18,20 +18,17 @@ the other tests depend on them).
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_DATABASE_URL, _reset_postgresql
 from liveserver import (
-    PORTAL,
     Server,
     chromium,
+    demo_instance,
     free_port,
-    portal_env,
     printed,
     skip_without_chromium,
 )
@@ -58,18 +55,8 @@ class LivePortal:
 @pytest.fixture(scope="package")
 def live_portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePortal]:
     """Start ``portal run`` on a fresh demo instance; stop it after the package's tests."""
-    if TEST_DATABASE_URL:
-        _reset_postgresql(TEST_DATABASE_URL)
     root = tmp_path_factory.mktemp("browser-live")
-    demo = subprocess.run(
-        [str(PORTAL), "demo"],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=portal_env(root),
-        timeout=120,
-    )
-    assert demo.returncode == 0, demo.stderr
+    demo_instance(root)
     server = Server(root, free_port(), workers=2)
     try:
         server.wait_ready()
