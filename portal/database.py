@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 _installed = False
 
@@ -28,6 +30,36 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
+
+
+@contextmanager
+def unsynced(connection: Connection) -> Iterator[Connection]:
+    """One transaction on ``connection`` whose commit does not wait for the disk.
+
+    Only for counters: a download must not cost an fsync. Such a commit is atomic and
+    survives the process being killed; only a power cut or a kernel crash within the next
+    moment may undo it, never half of it. PostgreSQL: ``synchronous_commit`` off for this
+    transaction alone. SQLite (WAL): ``synchronous=NORMAL`` around it, FULL again before
+    the connection goes back to the pool, or the connection is thrown away.
+    """
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        connection.commit()
+    try:
+        with connection.begin():
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield connection
+    finally:
+        if sqlite:
+            try:
+                connection.exec_driver_sql("PRAGMA synchronous=FULL")
+                connection.commit()
+            except BaseException:
+                # A connection left unsynced must never commit a document.
+                connection.invalidate()
+                raise
 
 
 def init_app(app: Flask) -> None:

@@ -32,6 +32,7 @@ from conftest import (
 )
 from sqlalchemy import event, text
 
+from portal.database import unsynced
 from portal.extensions import db
 from portal.models import Document
 from portal.storage import TEMP_DIR, IncomingFile, LocalStorage
@@ -300,3 +301,66 @@ def test_the_order_check_fails_on_a_storage_that_gets_it_wrong(
 
     with pytest.raises(AssertionError, match=message):
         assert_durable_order(recorder, keys(app)["programme.pdf"])
+
+
+# --- counters: committed without waiting for the disk, documents never --------------------------
+
+
+def _sync_setting(connection) -> str:
+    if connection.dialect.name == "sqlite":
+        return {0: "off", 1: "normal", 2: "full", 3: "extra"}[
+            connection.exec_driver_sql("PRAGMA synchronous").scalar()
+        ]
+    return connection.exec_driver_sql("SHOW synchronous_commit").scalar()
+
+
+def test_an_unsynced_transaction_relaxes_only_itself(app):
+    durable = "full" if not TEST_DATABASE_URL else "on"
+    relaxed = "normal" if not TEST_DATABASE_URL else "off"
+    with app.app_context(), db.engine.connect() as connection:
+        assert _sync_setting(connection) == durable
+        connection.rollback()
+        with unsynced(connection):
+            assert _sync_setting(connection) == relaxed
+        assert _sync_setting(connection) == durable
+        connection.rollback()
+
+
+def test_an_unsynced_transaction_that_fails_changes_nothing_and_restores_the_setting(
+    app, make_document
+):
+    document = make_document("support.pdf", PDF_BYTES)
+    durable = "full" if not TEST_DATABASE_URL else "on"
+    with app.app_context(), db.engine.connect() as connection:
+        with pytest.raises(RuntimeError), unsynced(connection):
+            connection.execute(
+                Document.__table__.update()
+                .where(Document.__table__.c.id == document.id)
+                .values(download_count=99)
+            )
+            raise RuntimeError("interrupted")
+        assert _sync_setting(connection) == durable
+        connection.rollback()
+        count = db.session.get(Document, document.id).download_count
+        db.session.remove()
+    assert count == 0
+
+
+def test_downloads_are_counted_and_leave_every_connection_durable(app, participant, make_document):
+    document = make_document("support.pdf", PDF_BYTES)
+    for _ in range(5):
+        response = participant.get(f"/documents/{document.id}/support.pdf")
+        response.get_data()
+        response.close()
+        assert response.status_code == 200
+    durable = "full" if not TEST_DATABASE_URL else "on"
+    with app.app_context():
+        assert db.session.get(Document, document.id).download_count == 5
+        db.session.remove()
+        # The pool hands back the connections the counts used: each must sync commits again.
+        connections = [db.engine.connect() for _ in range(3)]
+        try:
+            assert [_sync_setting(c) for c in connections] == [durable] * 3
+        finally:
+            for connection in connections:
+                connection.close()
