@@ -22,10 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from .disk_writer import BackgroundWriter
+
 KEY_PATTERN = re.compile(r"[0-9a-f]{32}")
 TEMP_DIR = ".incoming"
 QUARANTINE_DIR = ".quarantine"
 STALE_AFTER_SECONDS = 3600
+#: Bytes of an upload handed to the disk at once, by a thread of its own.
+WRITE_PIECE = 1024 * 1024
 
 
 class StorageError(Exception):
@@ -68,6 +72,11 @@ class IncomingFile:
         self._sha256 = hashlib.sha256()
         self.size = 0
         self.committed = False
+        # Small writes are gathered into pieces of WRITE_PIECE bytes; the first full piece
+        # starts a writing thread, so a small file never needs one.
+        self._piece: list[bytes] = []
+        self._piece_size = 0
+        self._writer: BackgroundWriter | None = None
 
     # The file-like surface Werkzeug's multipart parser and FileStorage use.
     @property
@@ -75,26 +84,54 @@ class IncomingFile:
         return str(self.path)
 
     def write(self, data: bytes) -> int:
+        data = bytes(data)
         with _full_disk_is_storage_full():
-            written = self._file.write(data)
+            if self._writer is not None:
+                self._writer.check()
+            self._piece.append(data)
+            self._piece_size += len(data)
+            if self._piece_size >= WRITE_PIECE:
+                if self._writer is None:
+                    self._writer = BackgroundWriter(self._file)
+                self._writer.put(self._take_piece())
         self._sha256.update(data)
         self.size += len(data)
-        return written
+        return len(data)
+
+    def _take_piece(self) -> bytes:
+        piece = b"".join(self._piece)
+        self._piece.clear()
+        self._piece_size = 0
+        return piece
+
+    def _settle(self) -> None:
+        """Get every byte written so far to the file object (not yet to the disk)."""
+        if self._writer is not None:
+            if self._piece:
+                self._writer.put(self._take_piece())
+            self._writer.drain()
+        elif self._piece:
+            self._file.write(self._take_piece())
 
     def read(self, size: int = -1) -> bytes:
         with _full_disk_is_storage_full():
+            self._settle()
             return self._file.read(size)
 
     def seek(self, offset: int, whence: int = 0) -> int:
         # Seeking flushes the buffer: that is where a full disk often shows.
         with _full_disk_is_storage_full():
+            self._settle()
             return self._file.seek(offset, whence)
 
     def tell(self) -> int:
-        return self._file.tell()
+        with _full_disk_is_storage_full():
+            self._settle()
+            return self._file.tell()
 
     def flush(self) -> None:
         with _full_disk_is_storage_full():
+            self._settle()
             self._file.flush()
 
     def readable(self) -> bool:
@@ -114,7 +151,12 @@ class IncomingFile:
         # Werkzeug closes request files at the end of a request; the content stays
         # on disk until the storage commits or discards it.
         with _full_disk_is_storage_full():
-            self._file.close()
+            try:
+                self._settle()
+            finally:
+                if self._writer is not None:
+                    self._writer.stop()
+                self._file.close()
 
     @property
     def sha256(self) -> str:

@@ -6,6 +6,7 @@ portal would then copy it; writing it once, hashed on the way, halves the disk w
 
 from __future__ import annotations
 
+import io
 from typing import IO, Any
 
 from flask import Flask, current_app, g
@@ -15,9 +16,35 @@ from werkzeug.exceptions import ServiceUnavailable
 from .security import UPLOAD_ENDPOINTS
 from .storage import StorageError
 
+#: How much of an upload's body is asked of the server at once. Werkzeug's parser reads
+#: 64 KiB at a time; gunicorn answers each such read by copying what it holds of a 1 MiB
+#: receive buffer, so reading a 1 GiB body cost some 16 GiB of copies.
+READ_SIZE = 1024 * 1024
+
+
+class _ServerInput(io.RawIOBase):
+    """The server's ``wsgi.input`` seen as a raw stream, so that it can be buffered."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
 
 class PortalRequest(Request):
     """A request whose uploaded files become the storage's incoming files."""
+
+    def _load_form_data(self) -> None:
+        if self.endpoint in UPLOAD_ENDPOINTS and "stream" not in self.__dict__:
+            raw = _ServerInput(self.environ["wsgi.input"])
+            self.environ["wsgi.input"] = io.BufferedReader(raw, READ_SIZE)
+        super()._load_form_data()
 
     def _get_file_stream(
         self,

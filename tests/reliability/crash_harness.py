@@ -63,6 +63,8 @@ from urllib.parse import urlencode
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from portal.storage import WRITE_PIECE
+
 PORTAL = Path(sys.executable).parent / "portal"
 LAUNCHER = Path(__file__).with_name("crash_launcher.py")
 KEY = re.compile(r"[0-9a-f]{32}")
@@ -575,9 +577,10 @@ class Harness:
         before_files = self.stored_files()
         before_rows = self.rows()
         target = None
-        # Werkzeug reads the body 64 KiB at a time: a killed-while-receiving upload must be
-        # large enough for the server to be writing it when half of it has been sent.
-        size = {"random": 2 * 1024 * 1024, "receive": 768 * 1024}.get(point.external or "")
+        # The server reads and writes an upload WRITE_PIECE bytes at a time: an upload killed
+        # while receiving must be large enough for the server to be writing it when half of
+        # it has been sent.
+        size = {"random": 2 * 1024 * 1024, "receive": 5 * WRITE_PIECE}.get(point.external or "")
         if point.action == "replace":
             target = self.rng.choice(sorted(self.manifest))
             files = [self.new_file(trial, "crash-replace", size)]

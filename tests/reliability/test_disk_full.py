@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ from conftest import (
 
 from portal.extensions import db
 from portal.models import Document
-from portal.storage import TEMP_DIR, IncomingFile
+from portal.storage import TEMP_DIR, WRITE_PIECE, IncomingFile
 
 PORTAL = Path(sys.executable).parent / "portal"
 # Under 500 KiB: a larger body would be spooled by the test client to a file it never closes.
@@ -216,6 +217,62 @@ def test_upload_onto_a_full_disk_gets_507_and_leaves_nothing(
         small = upload(manager, [(SMALL_PDF, "ordre-du-jour.pdf")], storage_dir)
         assert small.status_code == 200
         assert count_rows(app, Document) == 2
+
+
+#: Written by the upload's writing thread in three pieces, the last one short.
+LARGE_PDF = PDF_BYTES + os.urandom(2 * WRITE_PIECE + 400 * 1024)
+
+
+def multipart(fields: dict[str, str], name: str, content: bytes) -> tuple[bytes, str]:
+    """A multipart body in memory (the test client would spool a large one to a file)."""
+    boundary = "portal-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'
+        for key, value in fields.items()
+    ]
+    head = "".join(parts) + (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+        "Content-Type: application/pdf\r\n\r\n"
+    )
+    body = head.encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("free", [0, WRITE_PIECE + 100_000], ids=["free=0", "free=1piece+"])
+def test_large_upload_whose_writing_thread_meets_a_full_disk_gets_507_and_leaves_nothing(
+    app, manager, participant_client, earlier, storage_dir, monkeypatch, free
+):
+    document, _ = earlier
+    before = stored_files(storage_dir)
+    fill_disk(monkeypatch, free)
+    fields = {"session": "", "tags": "", "csrf_token": csrf_token(manager, "/manage/upload")}
+    body, content_type = multipart(fields, "enregistrement.pdf", LARGE_PDF)
+
+    response = answered(
+        lambda: manager.post("/manage/upload", data=body, content_type=content_type),
+        storage_dir,
+    )
+
+    assert_clear_error_page(response, 507, "Storage full", storage_dir)
+    assert count_rows(app, Document) == 1
+    assert stored_files(storage_dir) == before, "a partial or temporary file was left"
+    assert_portal_keeps_serving(participant_client, document)
+    assert not [t for t in threading.enumerate() if t.name == "upload-writer"]
+    gc.collect()
+
+
+def test_large_upload_is_stored_whole_through_the_writing_thread(app, manager, storage_dir):
+    fields = {"session": "", "tags": "", "csrf_token": csrf_token(manager, "/manage/upload")}
+    body, content_type = multipart(fields, "enregistrement.pdf", LARGE_PDF)
+
+    response = manager.post("/manage/upload", data=body, content_type=content_type)
+
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    with app.app_context():
+        row = db.session.scalars(db.select(Document)).one()
+        assert (row.size, row.sha256) == (len(LARGE_PDF), sha256(LARGE_PDF))
+        assert (storage_dir / row.storage_key).read_bytes() == LARGE_PDF
+    assert not [t for t in threading.enumerate() if t.name == "upload-writer"]
 
 
 def test_several_files_onto_a_full_disk_store_only_whole_files(
