@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -142,6 +143,26 @@ def test_if_none_match_with_current_etag_gets_304(participant, pdf):
     response = fetch(participant, url_of(pdf), headers={"If-None-Match": etag})
     assert response.status_code == 304
     assert response.data == b""
+
+
+def test_simultaneous_downloads_are_each_counted_once(app, participant, pdf):
+    """Twelve visitors downloading at once: no count lost, none doubled, none refused."""
+    url = url_of(pdf)
+
+    def visitor(_: int) -> list[int]:
+        client = app.test_client()
+        client.set_cookie("portal_session", participant.get_cookie("portal_session").value)
+        statuses = []
+        for _ in range(5):
+            response = fetch(client, url)
+            statuses.append(response.status_code)
+        return statuses
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = [s for batch in pool.map(visitor, range(12)) for s in batch]
+
+    assert statuses == [200] * 60
+    assert download_count(app, pdf) == 60
 
 
 def test_download_count_increments_for_a_full_get_only(app, participant, pdf):
