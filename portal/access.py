@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import abort, redirect, request, session, url_for
+from flask import abort, current_app, g, redirect, request, session, url_for
 from flask_login import AnonymousUserMixin, current_user, login_user
+from flask_wtf.csrf import generate_csrf
 
 from .content_version import EventState, event_state
 from .extensions import db, login_manager
@@ -71,6 +72,11 @@ def grant(principal: Participant | Facilitator) -> None:
     session.clear()
     session.permanent = True
     login_user(principal)
+    # The form token is part of the new session from the start: a later page that had to
+    # add it would sign the cookie again and so restart the session's lifetime. The token
+    # this request may already hold belonged to the session just cleared.
+    g.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
+    generate_csrf()
 
 
 def is_unlocked(user: Any) -> bool:

@@ -372,6 +372,29 @@ def test_facilitator_cookie_older_than_the_session_lifetime_is_refused(app, worl
     assert_cannot_delete(app, thief, token, world)
 
 
+def test_the_default_session_lifetime_is_seven_days(app_config):
+    # Flask's own default (31 days) used to win over the portal's.
+    config = {k: v for k, v in app_config.items() if k != "PERMANENT_SESSION_LIFETIME"}
+    fresh = create_app(config)
+    try:
+        assert fresh.config["PERMANENT_SESSION_LIFETIME"] == dt.timedelta(days=7)
+        assert fresh.config["SESSION_REFRESH_EACH_REQUEST"] is False
+    finally:
+        with fresh.app_context():
+            db.engine.dispose()
+
+
+def test_visits_do_not_extend_a_session_past_its_lifetime(app, world, signing_clock):
+    participant = unlocked_browser(app)
+    signing_clock.travel(lifetime(app) - dt.timedelta(minutes=5))
+    page = get(participant, "/")
+    assert page.status_code == 200
+    # The cookie is not signed again on a visit, so its age stays the age of the unlock.
+    assert "Set-Cookie" not in page.headers
+    signing_clock.travel(dt.timedelta(minutes=10))
+    assert_participant_cookie_refused(participant, world)
+
+
 @pytest.fixture
 def short_lived_app(app_config, app) -> Iterator[Flask]:
     """The same instance with a ten-minute session lifetime."""
