@@ -13,6 +13,7 @@ import pytest
 from conftest import JPEG_BYTES, PDF_BYTES, PNG_BYTES, count_rows
 
 import portal
+from portal import create_app
 from portal.extensions import db
 from portal.models import Document
 
@@ -145,24 +146,34 @@ def test_if_none_match_with_current_etag_gets_304(participant, pdf):
     assert response.data == b""
 
 
-def test_simultaneous_downloads_are_each_counted_once(app, participant, pdf):
-    """Twelve visitors downloading at once: no count lost, none doubled, none refused."""
+@pytest.fixture
+def small_pool_app(app_config, app):
+    """The same instance with two pooled connections: a request needing two at once stalls."""
+    options = {"pool_size": 2, "max_overflow": 0, "pool_timeout": 5}
+    if not app_config.get("SQLALCHEMY_DATABASE_URI"):
+        options["connect_args"] = {"timeout": 30}
+    small = create_app({**app_config, "SQLALCHEMY_ENGINE_OPTIONS": options})
+    yield small
+    with small.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_simultaneous_downloads_are_each_counted_once(small_pool_app, participant, pdf):
+    """Twelve visitors at once on two pooled connections: none refused, no count lost."""
     url = url_of(pdf)
+    cookie = participant.get_cookie("portal_session").value
 
     def visitor(_: int) -> list[int]:
-        client = app.test_client()
-        client.set_cookie("portal_session", participant.get_cookie("portal_session").value)
-        statuses = []
-        for _ in range(5):
-            response = fetch(client, url)
-            statuses.append(response.status_code)
-        return statuses
+        client = small_pool_app.test_client()
+        client.set_cookie("portal_session", cookie)
+        return [fetch(client, url).status_code for _ in range(5)]
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         statuses = [s for batch in pool.map(visitor, range(12)) for s in batch]
 
     assert statuses == [200] * 60
-    assert download_count(app, pdf) == 60
+    assert download_count(small_pool_app, pdf) == 60
 
 
 def test_download_count_increments_for_a_full_get_only(app, participant, pdf):
