@@ -12,7 +12,9 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -189,6 +191,18 @@ def app(app_config: dict, migrated_database: Path | None, instance_dir: Path) ->
     with application.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+@contextmanager
+def app_variant(app_config: dict, **settings: Any) -> Iterator[Flask]:
+    """A second app on the test instance, with other settings; its connections closed after."""
+    variant = create_app({**app_config, **settings})
+    try:
+        yield variant
+    finally:
+        with variant.app_context():
+            db.session.remove()
+            db.engine.dispose()
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from conftest import JPEG_BYTES, PDF_BYTES, PNG_BYTES, count_rows
+from conftest import JPEG_BYTES, PDF_BYTES, PNG_BYTES, app_variant, count_rows
 
 import portal
-from portal import create_app
 from portal.extensions import db
 from portal.models import Document
 
@@ -152,11 +151,8 @@ def small_pool_app(app_config, app):
     options = {"pool_size": 2, "max_overflow": 0, "pool_timeout": 5}
     if not app_config.get("SQLALCHEMY_DATABASE_URI"):
         options["connect_args"] = {"timeout": 30}
-    small = create_app({**app_config, "SQLALCHEMY_ENGINE_OPTIONS": options})
-    yield small
-    with small.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    with app_variant(app_config, SQLALCHEMY_ENGINE_OPTIONS=options) as small:
+        yield small
 
 
 def test_simultaneous_downloads_are_each_counted_once(small_pool_app, participant, pdf):

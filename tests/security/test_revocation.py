@@ -27,6 +27,7 @@ from conftest import (
     FACILITATOR_EMAIL,
     PDF_BYTES,
     SHARED_PASSWORD,
+    app_variant,
     csrf_token,
     login,
     unlock,
@@ -375,13 +376,9 @@ def test_facilitator_cookie_older_than_the_session_lifetime_is_refused(app, worl
 def test_the_default_session_lifetime_is_seven_days(app_config):
     # Flask's own default (31 days) used to win over the portal's.
     config = {k: v for k, v in app_config.items() if k != "PERMANENT_SESSION_LIFETIME"}
-    fresh = create_app(config)
-    try:
+    with app_variant(config) as fresh:
         assert fresh.config["PERMANENT_SESSION_LIFETIME"] == dt.timedelta(days=7)
         assert fresh.config["SESSION_REFRESH_EACH_REQUEST"] is False
-    finally:
-        with fresh.app_context():
-            db.engine.dispose()
 
 
 def test_visits_do_not_extend_a_session_past_its_lifetime(app, world, signing_clock):
@@ -398,11 +395,8 @@ def test_visits_do_not_extend_a_session_past_its_lifetime(app, world, signing_cl
 @pytest.fixture
 def short_lived_app(app_config, app) -> Iterator[Flask]:
     """The same instance with a ten-minute session lifetime."""
-    short = create_app({**app_config, "PERMANENT_SESSION_LIFETIME": dt.timedelta(minutes=10)})
-    yield short
-    with short.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    with app_variant(app_config, PERMANENT_SESSION_LIFETIME=dt.timedelta(minutes=10)) as short:
+        yield short
 
 
 def test_the_configured_lifetime_is_the_one_enforced(short_lived_app, world, signing_clock):
