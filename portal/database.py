@@ -42,13 +42,14 @@ def unsynced(connection: Connection) -> Iterator[Connection]:
     transaction alone. SQLite (WAL): ``synchronous=NORMAL`` around it, FULL again before
     the connection goes back to the pool, or the connection is thrown away.
     """
-    sqlite = connection.dialect.name == "sqlite"
+    dialect = connection.dialect.name
+    sqlite = dialect == "sqlite"
     if sqlite:
         connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
         connection.commit()
     try:
         with connection.begin():
-            if connection.dialect.name == "postgresql":
+            if dialect == "postgresql":
                 connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             yield connection
     finally:

@@ -40,7 +40,8 @@ class StorageFull(StorageError):
     """No space left (or quota reached) while writing an upload."""
 
 
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: What the system says when the disk or the quota is full.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @contextmanager
@@ -48,7 +49,7 @@ def _full_disk_is_storage_full() -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        if error.errno in _FULL_ERRNOS:
+        if error.errno in FULL_ERRNOS:
             raise StorageFull("no space left in the storage") from error
         raise
 
@@ -301,7 +302,7 @@ class LocalStorage(Storage):
             with open(incoming.path, "rb+") as handle:
                 os.fsync(handle.fileno())
         except OSError as error:
-            if error.errno in _FULL_ERRNOS:
+            if error.errno in FULL_ERRNOS:
                 raise StorageFull("no space left in the storage") from error
             raise
         key = secrets.token_hex(16)
@@ -395,7 +396,7 @@ class LocalStorage(Storage):
         except OSError as error:
             if placed:
                 target.unlink(missing_ok=True)
-            if error.errno in _FULL_ERRNOS:
+            if error.errno in FULL_ERRNOS:
                 raise StorageFull("no space left in the storage") from error
             raise
         except BaseException:

@@ -7,8 +7,6 @@ who created it: anyone else gets 404, as if it did not exist.
 
 from __future__ import annotations
 
-import errno
-
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
@@ -18,7 +16,7 @@ from ..extensions import db
 from ..filetypes import clean_filename
 from ..models import Meeting
 from ..services.documents import UploadRejected, add_document, check_name
-from ..storage import StorageFull
+from ..storage import FULL_ERRNOS, StorageFull
 from ..tus import (
     CLIENT_CHUNK_BYTES,
     TUS_EXTENSIONS,
@@ -246,7 +244,7 @@ def _append(upload_id: str) -> Response:
         # What arrived is stored; the client asks for the offset (HEAD) and resumes from it.
         return _reply(400, _("The connection was cut; the upload resumes from where it stopped."))
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if error.errno in FULL_ERRNOS:
             return _reply(507, _("The portal has no room left for this file. Nothing was saved."))
         raise
     return _reply(204, **headers)

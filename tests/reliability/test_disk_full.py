@@ -261,6 +261,32 @@ def test_large_upload_whose_writing_thread_meets_a_full_disk_gets_507_and_leaves
     gc.collect()
 
 
+@pytest.mark.parametrize("sent", [1000, 3 * WRITE_PIECE // 2], ids=["head", "past-1-piece"])
+def test_upload_whose_client_goes_away_mid_body_is_refused_and_leaves_nothing(
+    app, manager, storage_dir, sent
+):
+    fields = {"session": "", "tags": "", "csrf_token": csrf_token(manager, "/manage/upload")}
+    body, content_type = multipart(fields, "enregistrement.pdf", LARGE_PDF)
+    before = stored_files(storage_dir)
+
+    # The body announces its whole length but stops early, as when a phone loses the line.
+    response = answered(
+        lambda: manager.post(
+            "/manage/upload",
+            data=body[:sent],
+            content_type=content_type,
+            environ_overrides={"CONTENT_LENGTH": str(len(body))},
+        ),
+        storage_dir,
+    )
+
+    assert response.status_code == 400, response.get_data(as_text=True)[:500]
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert count_rows(app, Document) == 0
+    assert stored_files(storage_dir) == before, "a partial or temporary file was left"
+    assert not [t for t in threading.enumerate() if t.name == "upload-writer"]
+
+
 def test_large_upload_is_stored_whole_through_the_writing_thread(app, manager, storage_dir):
     fields = {"session": "", "tags": "", "csrf_token": csrf_token(manager, "/manage/upload")}
     body, content_type = multipart(fields, "enregistrement.pdf", LARGE_PDF)
