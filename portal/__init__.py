@@ -10,9 +10,9 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import assets, content_version, errors, i18n, page_cache, security, uploads
+from . import assets, content_version, errors, i18n, page_cache, ratelimit, security, uploads
 from .config import load_settings
-from .extensions import babel, csrf, db, limiter, login_manager, migrate
+from .extensions import babel, csrf, db, login_manager, migrate
 from .storage import storage_from_setting
 
 PACKAGE_DIR = Path(__file__).parent
@@ -39,8 +39,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     ):
         if key not in settings:
             app.config[key] = value
-    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
-    app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", False)
     app.instance_path = app.config["INSTANCE_DIR"]
 
     if app.config["PROXY_FIX"]:
@@ -63,7 +61,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         locale_selector=i18n.select_locale,
         default_translation_directories=str(PACKAGE_DIR / "translations"),
     )
-    limiter.init_app(app)
+    ratelimit.init_app(app)
     i18n.init_app(app)
     assets.init_app(app)
     uploads.init_app(app)

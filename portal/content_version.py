@@ -11,11 +11,14 @@ page older than the data.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from flask import g
 from sqlalchemy import event, inspect, select, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from .extensions import db
@@ -62,18 +65,76 @@ class EventState:
         return window_state(self.access_opens, self.access_closes, now)
 
 
+@dataclass(frozen=True)
+class _CompiledState:
+    """``_STATE`` as the driver's SQL text, with the column types' result conversions."""
+
+    sql: str
+    converters: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def for_dialect(cls, dialect: Dialect) -> _CompiledState:
+        # EVENT_ID is this module's constant, never a visitor's value: safe to inline.
+        compiled = _STATE.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        converters = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in _STATE.selected_columns
+        )
+        return cls(str(compiled), converters)
+
+    def convert(self, row: Sequence[Any]) -> EventState:
+        return EventState(
+            *(
+                value if convert is None else convert(value)
+                for convert, value in zip(self.converters, row, strict=True)
+            )
+        )
+
+
+_COMPILED: dict[str, _CompiledState] = {}
+
+
 def event_state() -> EventState | None:
     """Read the event's version numbers and window once per request (None: no event yet).
 
     A plain pooled connection, outside the ORM session: on a cached page this is the
     request's only query. It runs before the view reads any content, so a page rendered
     after it can only be newer than the version it is filed under, never older.
+
+    The statement goes straight to the driver's cursor: SQLAlchemy's execution machinery
+    cost twice the query itself on every participant page (``bench/run.py`` W1). A driver
+    error still reaches the error pages as SQLAlchemy's DBAPIError, and a lost connection
+    is dropped from the pool, as Core would do.
     """
     if "portal_event_state" in g:
         return g.portal_event_state
-    with db.engine.connect() as connection:
-        row = connection.execute(_STATE).first()
-    g.portal_event_state = state = None if row is None else EventState(*row)
+    engine = db.engine
+    dialect = engine.dialect
+    compiled = _COMPILED.get(dialect.name)
+    if compiled is None:
+        compiled = _COMPILED[dialect.name] = _CompiledState.for_dialect(dialect)
+    with engine.connect() as connection:
+        driver_connection = connection.connection.dbapi_connection
+        try:
+            cursor = driver_connection.cursor()
+            try:
+                cursor.execute(compiled.sql)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        except dialect.loaded_dbapi.Error as error:
+            lost = dialect.is_disconnect(error, driver_connection, None)
+            if lost:
+                connection.invalidate(error)
+            raise DBAPIError.instance(
+                compiled.sql,
+                None,
+                error,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=lost,
+                dialect=dialect,
+            ) from error
+    g.portal_event_state = state = None if row is None else compiled.convert(row)
     return state
 
 

@@ -1,15 +1,12 @@
 """Flask extensions, created unbound and bound to the app in the factory."""
 
 from flask_babel import Babel
-from flask_limiter import Limiter
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
-
-from .ratelimit import client_key
 
 
 class Base(DeclarativeBase):
@@ -31,4 +28,3 @@ migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()
 babel = Babel()
-limiter = Limiter(key_func=client_key, strategy="moving-window", headers_enabled=True)

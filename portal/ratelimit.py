@@ -1,4 +1,10 @@
-"""Rate-limit keys and the default limit store shared by every process of one machine."""
+"""Wrong-password limits: keys, the moving-window checks and the store they count in.
+
+The portal limits failures, not requests: a right password never counts, and a check holds
+a place while it runs (``password_check``). That is the ``limits`` library's store and
+moving-window strategy used directly; no route carries a per-request limit, so nothing runs
+on the other requests.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,20 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from flask import current_app, request
+from flask import Flask, current_app, request
 from limits import parse_many
-from limits.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
+from limits.storage import (
+    MemoryStorage,
+    MovingWindowSupport,
+    RedisStorage,
+    Storage,
+    storage_from_string,
+)
+from limits.strategies import MovingWindowRateLimiter
 from werkzeug.exceptions import TooManyRequests
 
 #: Wrong passwords allowed from one client: SPEC's 10 a minute, then 30 an hour, so that a
@@ -37,10 +51,24 @@ class TooManyAttempts(TooManyRequests):
         return [*super().get_headers(environ, scope), ("Retry-After", str(self.retry_after))]
 
 
-def _limiter():  # type: ignore[no-untyped-def]
-    from .extensions import limiter
+@dataclass(frozen=True)
+class LimitStore:
+    """The app's counting store and the moving-window strategy that reads it."""
 
-    return limiter
+    storage: Storage
+    strategy: MovingWindowRateLimiter
+
+
+def init_app(app: Flask) -> None:
+    """Open the store named by ``RATELIMIT_STORAGE_URI`` (one per application)."""
+    storage = storage_from_string(
+        app.config["RATELIMIT_STORAGE_URI"], **app.config.get("RATELIMIT_STORAGE_OPTIONS", {})
+    )
+    app.extensions["portal.ratelimit"] = LimitStore(storage, MovingWindowRateLimiter(storage))
+
+
+def limit_store() -> LimitStore:
+    return current_app.extensions["portal.ratelimit"]
 
 
 class AttemptLimit:
@@ -52,7 +80,7 @@ class AttemptLimit:
 
     def check(self, key: str) -> None:
         """Raise TooManyAttempts when ``key`` has used up its wrong tries."""
-        strategy = _limiter().limiter
+        strategy = limit_store().strategy
         for item in self.items:
             if not strategy.test(item, key, self.scope):
                 reset = strategy.get_window_stats(item, key, self.scope).reset_time
@@ -60,7 +88,7 @@ class AttemptLimit:
 
     def count_failure(self, key: str) -> None:
         """Record one wrong try for ``key``."""
-        strategy = _limiter().limiter
+        strategy = limit_store().strategy
         for item in self.items:
             strategy.hit(item, key, self.scope)
 
@@ -73,7 +101,7 @@ WAIT_FOR_TURN_SECONDS = 30.0
 
 
 def _remaining(limits: list[tuple[AttemptLimit, str]]) -> int:
-    strategy = _limiter().limiter
+    strategy = limit_store().strategy
     return min(
         strategy.get_window_stats(item, key, limit.scope).remaining
         for limit, key in limits
@@ -91,7 +119,7 @@ def password_check(turn_key: str, limits: list[tuple[AttemptLimit, str]]) -> Ite
     failures + running checks within the limit, while right passwords never count and
     people behind one address only wait for a free place.
     """
-    storage = _limiter().storage
+    storage = limit_store().storage
     deadline = time.monotonic() + WAIT_FOR_TURN_SECONDS
     pause = 0.01
     while True:
@@ -116,7 +144,7 @@ def password_check(turn_key: str, limits: list[tuple[AttemptLimit, str]]) -> Ite
 
 
 def _give_back(storage_key: str) -> None:
-    storage = _limiter().storage
+    storage = limit_store().storage
     if isinstance(storage, SQLiteStorage):
         storage.remove_newest(storage_key)
     elif isinstance(storage, RedisStorage):
@@ -159,7 +187,7 @@ def client_key() -> str:
 class SQLiteStorage(Storage, MovingWindowSupport):
     """A moving-window store in one SQLite file, shared by every worker process.
 
-    Flask-Limiter's ``memory://`` store is per process, so ``portal run --workers 2``
+    The ``memory://`` store is per process, so ``portal run --workers 2``
     would allow twice the tries; Redis is the choice when several machines share the load.
     """
 

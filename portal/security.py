@@ -20,6 +20,17 @@ FILE_POLICY = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sa
 #: Inline PDFs need the browser's viewer, which the sandbox directive would block.
 INLINE_PDF_POLICY = "default-src 'none'; object-src 'self'; frame-ancestors 'self'"
 
+#: Headers SPEC section 6 asks of every response, unless the view set its own.
+EVERY_RESPONSE = (
+    ("Content-Security-Policy", PAGE_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Permissions-Policy", "camera=(), microphone=(), geolocation=()"),
+)
+#: Methods whose form a request may submit (Flask-WTF's and the CSRF check's list).
+SUBMIT_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Endpoints whose requests may carry files; every other request body is kept small.
 UPLOAD_ENDPOINTS = frozenset({"manage.upload", "manage.replace_document_file"})
 #: The tus PATCH: a raw byte stream (never a form), written to disk by its view in chunks.
@@ -68,8 +79,9 @@ def guard_request() -> Response | None:
     if streamed and request.mimetype != STREAM_MIMETYPE:
         # Any other type could be parsed as a form by the CSRF check, without the small limit.
         abort(415)
-    if request.routing_exception is None:
-        # An unknown path or a wrong method gets its 404/405, not a CSRF error.
+    if request.routing_exception is None and request.method in SUBMIT_METHODS:
+        # An unknown path or a wrong method gets its 404/405, not a CSRF error. Other
+        # methods carry no form: neither Flask-WTF nor the views read one for them.
         csrf.protect()
         if request.endpoint not in UPLOAD_ENDPOINTS and any(
             "\x00" in v for k, v in request.form.items() if k != "next"
@@ -81,17 +93,16 @@ def guard_request() -> Response | None:
 def add_security_headers(response: Response) -> Response:
     """Add the headers SPEC section 6 asks of every response."""
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", PAGE_POLICY)
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "same-origin")
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
-    if request.is_secure:
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    # One pass over the headers the view set: Headers.setdefault scans them all per call.
+    present = {name.lower() for name, _ in headers.items()}
+    extra = [pair for pair in EVERY_RESPONSE if pair[0].lower() not in present]
+    if request.is_secure and "strict-transport-security" not in present:
+        extra.append(("Strict-Transport-Security", "max-age=31536000"))
     if response.mimetype == "text/html":
-        headers.setdefault("Cache-Control", "no-store")
+        if "cache-control" not in present:
+            extra.append(("Cache-Control", "no-store"))
         response.vary.update(("Cookie", "Accept-Language"))
+    headers.extend(extra)
     return response
 
 

@@ -11,10 +11,20 @@ import io
 import re
 
 import pytest
-from conftest import ADMIN_EMAIL, PDF_BYTES, SHARED_PASSWORD, csrf_token, login, unlock
+from conftest import (
+    ADMIN_EMAIL,
+    PDF_BYTES,
+    SHARED_PASSWORD,
+    app_variant,
+    csrf_token,
+    login,
+    unlock,
+)
 from flask import Flask
+from sqlalchemy import event as sqlalchemy_event
 
-from portal import create_app
+from portal import content_version, create_app
+from portal.content_version import _STATE, EventState, event_state
 from portal.extensions import db
 from portal.models import Document, Event, Meeting, Tag
 from portal.page_cache import PLACEHOLDER, Entry, PageCache
@@ -156,6 +166,80 @@ def test_a_rolled_back_change_does_not_bump_the_version(app, make_meeting):
         db.session.commit()
         db.session.remove()
     assert version(app) == before + 1  # the rolled-back flush left nothing behind
+
+
+# --- the one query of a cached page ------------------------------------------------------
+
+
+def _state_through_sqlalchemy() -> EventState:
+    with db.engine.connect() as connection:
+        return EventState(*connection.execute(_STATE).one())
+
+
+@pytest.mark.parametrize("window", ["none", "open", "closed"])
+def test_the_event_state_read_on_the_driver_equals_sqlalchemys(app, window):
+    """The driver's raw row is converted as SQLAlchemy would: booleans, aware datetimes."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    bounds = {
+        "none": (None, None),
+        "open": (now - dt.timedelta(days=1), now + dt.timedelta(days=1)),
+        "closed": (now - dt.timedelta(days=3), now - dt.timedelta(days=2)),
+    }[window]
+    with app.app_context():
+        event_service.set_access_window(*bounds)
+    with app.test_request_context("/"):
+        state = event_state()
+        assert state == _state_through_sqlalchemy()
+        assert state.has_password is True
+        assert (state.access_opens, state.access_closes) == bounds
+        assert state.window_state() == {"none": "open", "open": "open", "closed": "closed"}[window]
+        for instant in bounds:
+            assert instant is None or instant.utcoffset() == dt.timedelta(0)
+
+
+def test_a_database_that_cannot_be_read_gets_the_503_page_not_a_crash(app, app_config, tmp_path):
+    reader = new_participant(app)
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"not a database, " * 512)
+    with app_variant(app_config, SQLALCHEMY_DATABASE_URI=f"sqlite:///{broken}") as variant:
+        visitor = variant.test_client()
+        visitor.set_cookie("portal_session", reader.get_cookie("portal_session").value)
+        for url in ("/", "/sessions/any"):
+            response = visitor.get(url, headers={"Accept-Language": "fr"})
+            assert response.status_code == 503, url
+            assert response.mimetype == "text/html"
+            page = response.get_data(as_text=True)
+            assert "temporairement indisponible" in page
+            assert "Traceback" not in page and "not a database" not in page
+    assert broken.read_bytes() == b"not a database, " * 512  # nothing written to it
+
+
+def test_a_connection_the_driver_reports_lost_leaves_the_pool(app, monkeypatch):
+    """A lost connection is dropped, as SQLAlchemy's own execution would, not handed on."""
+    reader = new_participant(app)
+    dropped = []
+
+    def count_drop(dbapi_connection, record, exception):
+        dropped.append(exception)
+
+    with app.app_context():
+        engine = db.engine
+    sqlalchemy_event.listen(engine.pool, "invalidate", count_drop)
+    try:
+        # The dialect is told to see this statement's failure as a lost connection.
+        monkeypatch.setitem(
+            content_version._COMPILED,
+            engine.dialect.name,
+            content_version._CompiledState("SELECT * FROM no_such_table_here", ()),
+        )
+        monkeypatch.setattr(type(engine.dialect), "is_disconnect", lambda *args: True)
+        assert reader.get("/").status_code == 503
+        assert len(dropped) == 1
+        monkeypatch.undo()
+        assert reader.get("/").status_code == 200
+        assert len(dropped) == 1
+    finally:
+        sqlalchemy_event.remove(engine.pool, "invalidate", count_drop)
 
 
 # --- never stale, on either process ---------------------------------------------------------

@@ -7,14 +7,13 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..extensions import db, limiter
+from ..extensions import db
 from ..storage import StorageError
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-@limiter.exempt
 def healthz() -> ResponseReturnValue:
     """Answer 200 when the database and the storage work, else 503."""
     problems = {}

@@ -5,7 +5,7 @@ minute, 30 an hour, counted per client address (an IPv6 client by its /64) on ``
 and on ``POST /login``, plus 20 wrong passwords an hour per facilitator account on ``/login``
 whatever the addresses they come from. These tests go beyond ``tests/test_ratelimit.py``:
 
-* time travels (``time.time``, which the limit store and Flask-Limiter read, is moved forward)
+* time travels (``time.time``, which the limit store and its strategy read, is moved forward)
   so the hourly ceilings are checked without waiting;
 * every argon2 call is counted, to prove a refused try costs the server no hash, even when the
   tries arrive all at once;
@@ -34,7 +34,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from portal import create_app
-from portal.extensions import db, limiter
+from portal.extensions import db
+from portal.ratelimit import limit_store
 
 WRONG = "not-the-password"
 PER_MINUTE = 10
@@ -63,13 +64,13 @@ class Clock:
 
 @pytest.fixture
 def clock(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """Travel in time as the rate-limit store and Flask-Limiter see it."""
+    """Travel in time as the rate-limit store and its strategy see it."""
     start = time.time()
     frozen = Clock(start)
     monkeypatch.setattr(time, "time", frozen)
     # Make sure the store really reads this clock, or the hourly tests would prove nothing.
     with app.app_context():
-        storage = limiter.storage
+        storage = limit_store().storage
         assert storage.acquire_entry("clock-probe", 1, 60)
         assert not storage.acquire_entry("clock-probe", 1, 60)
         frozen.travel(61)
