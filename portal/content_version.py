@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import g
 from sqlalchemy import event, inspect, select, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import ORMExecuteState, Session
 
@@ -94,6 +94,31 @@ class _CompiledState:
 _COMPILED: dict[str, _CompiledState] = {}
 
 
+def _read_state(connection: Connection, compiled: _CompiledState) -> Sequence[Any] | None:
+    """Run the state query on ``connection``'s driver cursor; errors as SQLAlchemy's."""
+    dialect = connection.dialect
+    driver_connection = connection.connection.dbapi_connection
+    try:
+        cursor = driver_connection.cursor()
+        try:
+            cursor.execute(compiled.sql)
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+    except dialect.loaded_dbapi.Error as error:
+        lost = dialect.is_disconnect(error, driver_connection, None)
+        if lost:
+            connection.invalidate(error)
+        raise DBAPIError.instance(
+            compiled.sql,
+            None,
+            error,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=lost,
+            dialect=dialect,
+        ) from error
+
+
 def event_state() -> EventState | None:
     """Read the event's version numbers and window once per request (None: no event yet).
 
@@ -114,26 +139,7 @@ def event_state() -> EventState | None:
     if compiled is None:
         compiled = _COMPILED[dialect.name] = _CompiledState.for_dialect(dialect)
     with engine.connect() as connection:
-        driver_connection = connection.connection.dbapi_connection
-        try:
-            cursor = driver_connection.cursor()
-            try:
-                cursor.execute(compiled.sql)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        except dialect.loaded_dbapi.Error as error:
-            lost = dialect.is_disconnect(error, driver_connection, None)
-            if lost:
-                connection.invalidate(error)
-            raise DBAPIError.instance(
-                compiled.sql,
-                None,
-                error,
-                dialect.loaded_dbapi.Error,
-                connection_invalidated=lost,
-                dialect=dialect,
-            ) from error
+        row = _read_state(connection, compiled)
     g.portal_event_state = state = None if row is None else compiled.convert(row)
     return state
 

@@ -130,11 +130,50 @@ def _key(canonical: Callable[[], bool]) -> tuple[Any, ...] | None:
     )
 
 
+class SignedTokens:
+    """The signed form of each session's form token, signed once per process.
+
+    Flask-WTF signs the session's token again on every request that shows a form (a
+    serializer, JSON, zlib and an HMAC: a tenth of a cached page's cost). With no time
+    limit on tokens, a signature made earlier is exactly as valid as a new one, so it is
+    kept, keyed by the session's token, and placed where Flask-WTF looks for this request's.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._signed: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def current(self) -> str:
+        field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+        raw = session.get(field)
+        if not isinstance(raw, str) or current_app.config.get("WTF_CSRF_TIME_LIMIT") is not None:
+            return generate_csrf()
+        signed = None
+        if field not in g:
+            with self._lock:
+                signed = self._signed.get(raw)
+        if signed is None:
+            signed = generate_csrf()  # this request's own, made now or by its view
+        else:
+            setattr(g, field, signed)
+        with self._lock:
+            self._signed[raw] = signed
+            self._signed.move_to_end(raw)
+            while len(self._signed) > self.max_entries:
+                self._signed.popitem(last=False)
+        return signed
+
+
+def _token() -> str:
+    return current_app.extensions["portal.signed_tokens"].current()
+
+
 def _store(key: tuple[Any, ...], response: Response) -> Entry | None:
     span = g.pop("page_window", None)
     if span is None or response.status_code != 200 or response.is_streamed:
         return None
-    token = generate_csrf().encode()
+    token = _token().encode()
     body = response.get_data().replace(token, PLACEHOLDER)
     digest = hashlib.sha256(repr((key, span)).encode()).hexdigest()[:20]
     headers = tuple((k, v) for k, v in response.headers.items() if k.lower() in KEPT_HEADERS)
@@ -146,7 +185,7 @@ def _store(key: tuple[Any, ...], response: Response) -> Entry | None:
 def _etag(entry: Entry) -> str:
     # The body carries this session's CSRF token: a browser may reuse it only in the same
     # session (leaving and unlocking again starts a new one).
-    generate_csrf()
+    _token()
     mine = hashlib.sha256(str(session.get("csrf_token", "")).encode()).hexdigest()[:12]
     return f"{entry.tag}-{mine}"
 
@@ -157,7 +196,7 @@ def _answer(entry: Entry) -> Response:
         response = Response(status=304)
         response.headers["Content-Type"] = dict(entry.headers).get("Content-Type", "text/html")
     else:
-        body = entry.body.replace(PLACEHOLDER, generate_csrf().encode())
+        body = entry.body.replace(PLACEHOLDER, _token().encode())
         response = Response(body, headers=list(entry.headers))
     response.set_etag(etag, weak=True)
     response.headers["Cache-Control"] = CACHE_CONTROL
@@ -199,3 +238,4 @@ def init_app(app: Flask) -> None:
         app.config.get("PAGE_CACHE_ENTRIES", 256),
         app.config.get("PAGE_CACHE_BYTES", 16 * 1024 * 1024),
     )
+    app.extensions["portal.signed_tokens"] = SignedTokens()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+import time
 
 import pytest
 from conftest import (
@@ -355,6 +356,34 @@ def test_each_participant_gets_a_leave_token_valid_for_their_own_session(app, ma
     for client, token in ((first, first_token), (second, second_token)):
         assert client.post("/leave", data={"csrf_token": token}).status_code == 303
         assert client.get("/").status_code == 302  # back at the gate: the token was valid
+
+
+def test_a_sessions_form_token_is_signed_once_and_stays_valid(app, make_document, monkeypatch):
+    make_document(title="Commun")
+    reader = new_participant(app)
+    first_page = page(reader)
+    # A second later Flask-WTF would sign the same session token differently (its
+    # signature carries the time): the page keeps the signature made the first time.
+    clock = time.time()
+    monkeypatch.setattr(time, "time", lambda: clock + 5)
+    again = page(reader)
+    monkeypatch.undo()
+    token = LEAVE_TOKEN.search(first_page).group(1)
+    assert LEAVE_TOKEN.search(again).group(1) == token
+    assert len(app.extensions["portal.signed_tokens"]._signed) == 1
+    assert reader.post("/leave", data={"csrf_token": token}).status_code == 303
+    assert reader.get("/").status_code == 302
+
+
+def test_with_a_time_limit_on_form_tokens_none_is_kept(app, app_config, make_document):
+    make_document(title="Commun")
+    with app_variant(app_config, WTF_CSRF_TIME_LIMIT=3600) as limited:
+        reader = new_participant(limited)
+        page(reader)
+        page(reader)
+        assert len(limited.extensions["portal.signed_tokens"]._signed) == 0
+        token = LEAVE_TOKEN.search(page(reader)).group(1)
+        assert reader.post("/leave", data={"csrf_token": token}).status_code == 303
 
 
 def test_facilitators_are_never_served_the_participants_pages(app):

@@ -14,6 +14,7 @@ from conftest import PDF_BYTES, PNG_BYTES
 from sqlalchemy import event
 
 import portal
+from portal import content_version
 from portal.extensions import db
 from portal.models import Meeting
 from portal.services.event import save_meeting
@@ -47,17 +48,26 @@ def section(page: str, heading_text: str) -> str:
 
 @contextmanager
 def counting_queries(app):
+    """Every statement sent: SQLAlchemy's, and the event-state read on the driver's cursor."""
     statements: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany):
         statements.append(statement)
 
+    read_state = content_version._read_state
+
+    def record_state_read(connection, compiled):
+        statements.append(compiled.sql)
+        return read_state(connection, compiled)
+
     with app.app_context():
         engine = db.engine
     event.listen(engine, "before_cursor_execute", record)
+    content_version._read_state = record_state_read
     try:
         yield statements
     finally:
+        content_version._read_state = read_state
         event.remove(engine, "before_cursor_execute", record)
 
 
