@@ -31,15 +31,25 @@ class PortalServer(BaseApplication):
 
 
 class PortalThreadWorker(ThreadWorker):
-    """gunicorn's threaded worker, with lingering closes kept out of its event loop.
+    """gunicorn's threaded worker, never taking visitors it has no thread for.
 
-    gunicorn 24 and later close a finished connection "gracefully" (RFC 9112 section 9.6):
-    half-close, then wait up to two seconds for the client to close too. The threaded
-    worker does that in its one event-loop thread, so a download that ends on a slow
-    line, the client still reading what the kernel buffered, stops every other visitor of
-    that process for two seconds (`bench/run.py`, workload W8). The wait is done by a
-    small pool of closing threads instead; older gunicorn versions close at once anyway.
+    A download to a slow phone holds its thread for the whole transfer (sendfile blocks
+    until the client has read it). gunicorn's threaded worker goes on accepting connections
+    while all its threads are taken: they wait in its queue, however idle the other worker
+    is, until some download ends, minutes later. Here a worker stops accepting while every
+    one of its threads is busy, so new visitors are taken by a worker that can answer them
+    (`bench/run.py`, workload W8: 32 slow readers on 2 x 32 threads once left the listing
+    at 0 requests/s).
+
+    gunicorn 24 and later also close a finished connection "gracefully" (RFC 9112 section
+    9.6): half-close, then wait up to two seconds for the client to close too. The threaded
+    worker does that in its one event-loop thread, so a download that ends on a slow line
+    stops every other visitor of that process for two seconds. The wait is done by a small
+    pool of closing threads instead; older gunicorn versions close at once anyway.
     """
+
+    #: Requests handed to the thread pool and not finished yet (event-loop thread only).
+    in_flight = 0
 
     def init_process(self) -> None:
         self.closer = ThreadPoolExecutor(
@@ -47,7 +57,20 @@ class PortalThreadWorker(ThreadWorker):
         )
         super().init_process()
 
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gunicorn's loop asks for accepting whenever it has room for connections; a
+        # connection is only worth taking with a thread free to answer it.
+        super().set_accept_enabled(enabled and self.in_flight < self.cfg.threads)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        self.in_flight -= 1
+        super().finish_request(conn, fs)
+        # The loop enables accepting again on its next turn, right after this callback.
+
     def enqueue_req(self, conn: Any) -> None:
+        self.in_flight += 1
+        if self.in_flight >= self.cfg.threads and self._accepting:
+            super().set_accept_enabled(False)
         if not getattr(conn, "lingers_off_loop", False):
             close = conn.close
 

@@ -155,12 +155,13 @@ class Browser:
 class Server:
     """A ``portal run`` process whose output is collected line by line."""
 
-    def __init__(self, root: Path, port: int, workers: int) -> None:
+    def __init__(self, root: Path, port: int, workers: int, threads: int | None = None) -> None:
         self.port = port
+        threads_option = [] if threads is None else ["--threads", str(threads)]
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.process = subprocess.Popen(
-            [str(PORTAL), "run", "--port", str(port), "--workers", str(workers)],
+            [str(PORTAL), "run", "--port", str(port), "--workers", str(workers), *threads_option],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
