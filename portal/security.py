@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from flask import Flask, Response, abort, redirect, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
+from itsdangerous import URLSafeTimedSerializer
 
 from .access import can_manage
 from .extensions import csrf
@@ -42,10 +44,23 @@ FACILITATOR_BLUEPRINTS = frozenset({"manage", "admin", "tus"})
 
 
 class SessionInterface(SecureCookieSessionInterface):
-    """Signed-cookie sessions whose cookie is ``Secure`` whenever the request came over HTTPS."""
+    """Signed-cookie sessions whose cookie is ``Secure`` whenever the request came over HTTPS.
+
+    Flask builds the cookie's serializer (and its key derivation) again for every request;
+    it depends only on the keys, so it is built once per set of keys.
+    """
+
+    _serializer: tuple[Any, URLSafeTimedSerializer | None] | None = None
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(request.is_secure) or super().get_cookie_secure(app)
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        cached = self._serializer
+        if cached is None or cached[0] != keys:
+            cached = self._serializer = (keys, super().get_signing_serializer(app))
+        return cached[1]
 
 
 def _buffer_small_body() -> None:

@@ -453,3 +453,19 @@ def test_a_cookie_forged_with_a_guessable_key_is_refused(app, world):
             browser = replay(app, forged)
             assert_sent_to(get(browser, "/manage/settings"), "/login", "/manage/settings")
             assert_sent_to(get(browser, "/"), "/access", "/")
+
+
+def test_a_new_secret_key_refuses_cookies_signed_with_the_old_one(app):
+    """The session cookie's serializer is built once per set of keys, never kept past them."""
+    reader = app.test_client()
+    assert unlock(reader).status_code == 303
+    assert reader.get("/").status_code == 200
+    old_key = app.secret_key
+    try:
+        app.secret_key = "a-rotated-secret-key"
+        assert reader.get("/").status_code == 302  # back at the gate
+        app.config["SECRET_KEY_FALLBACKS"] = [old_key]
+        assert reader.get("/").status_code == 200  # a key being rotated out still works
+    finally:
+        app.secret_key = old_key
+        app.config["SECRET_KEY_FALLBACKS"] = []
