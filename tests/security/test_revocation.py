@@ -32,7 +32,7 @@ from conftest import (
     login,
     unlock,
 )
-from flask import Flask
+from flask import Flask, request
 from flask.testing import FlaskClient
 
 from portal import create_app
@@ -469,3 +469,36 @@ def test_a_new_secret_key_refuses_cookies_signed_with_the_old_one(app):
     finally:
         app.secret_key = old_key
         app.config["SECRET_KEY_FALLBACKS"] = []
+
+
+def test_a_checked_cookie_is_shared_only_by_its_exact_bytes_and_never_changed(app):
+    """The session interface remembers cookies it verified; nothing else may get through."""
+    reader = app.test_client()
+    assert unlock(reader).status_code == 303
+    cookie = reader.get_cookie("portal_session").value
+    assert reader.get("/").status_code == 200
+    interface = app.session_interface
+    assert any(value == cookie for _, value in interface._verified)
+    payload, _, signature = cookie.rpartition(".")
+    forged = f"{payload}.{'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
+    thief = app.test_client()
+    thief.set_cookie("portal_session", forged)
+    assert thief.get("/").status_code == 302  # sent to the gate
+    # One request changing its session changes nothing for the next one with that cookie.
+    with app.test_request_context("/", headers={"Cookie": f"portal_session={cookie}"}):
+        first = interface.open_session(app, request)
+        first["_user_id"] = "f:1:0"
+        first["extra"] = "changed"
+        again = interface.open_session(app, request)
+        assert again["_user_id"].startswith("p:") and "extra" not in again
+
+
+def test_sessions_holding_messages_are_checked_every_time(app):
+    """A flashed message is a list that a request empties: such sessions are never kept."""
+    reader = app.test_client()
+    assert unlock(reader).status_code == 303
+    with reader.session_transaction() as session:
+        session["_flashes"] = [("info", "Bonjour")]
+    cookie = reader.get_cookie("portal_session").value
+    reader.get("/")
+    assert all(value != cookie for _, value in app.session_interface._verified)
