@@ -91,7 +91,7 @@ class _CompiledState:
         )
 
 
-_COMPILED: dict[str, _CompiledState] = {}
+_COMPILED: dict[tuple[str, str], _CompiledState] = {}
 
 
 def _read_state(connection: Connection, compiled: _CompiledState) -> Sequence[Any] | None:
@@ -108,7 +108,10 @@ def _read_state(connection: Connection, compiled: _CompiledState) -> Sequence[An
     except dialect.loaded_dbapi.Error as error:
         lost = dialect.is_disconnect(error, driver_connection, None)
         if lost:
+            # As SQLAlchemy does on a lost connection: this one is closed, and the pool's
+            # others, opened before the loss (a database restart), are not handed out again.
             connection.invalidate(error)
+            connection.engine.dispose(close=False)
         raise DBAPIError.instance(
             compiled.sql,
             None,
@@ -135,9 +138,9 @@ def event_state() -> EventState | None:
         return g.portal_event_state
     engine = db.engine
     dialect = engine.dialect
-    compiled = _COMPILED.get(dialect.name)
+    compiled = _COMPILED.get((dialect.name, dialect.driver))
     if compiled is None:
-        compiled = _COMPILED[dialect.name] = _CompiledState.for_dialect(dialect)
+        compiled = _COMPILED[dialect.name, dialect.driver] = _CompiledState.for_dialect(dialect)
     with engine.connect() as connection:
         row = _read_state(connection, compiled)
     g.portal_event_state = state = None if row is None else compiled.convert(row)

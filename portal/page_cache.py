@@ -142,6 +142,7 @@ class SignedTokens:
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
         self._signed: OrderedDict[str, str] = OrderedDict()
+        self._key: Any = None
         self._lock = threading.Lock()
 
     def current(self) -> str:
@@ -149,15 +150,23 @@ class SignedTokens:
         raw = session.get(field)
         if not isinstance(raw, str) or current_app.config.get("WTF_CSRF_TIME_LIMIT") is not None:
             return generate_csrf()
+        # Signed with the current key only: Flask-WTF checks tokens against that key alone.
+        key = current_app.config.get("WTF_CSRF_SECRET_KEY") or current_app.secret_key
         signed = None
         if field not in g:
             with self._lock:
+                if key != self._key:
+                    self._signed.clear()
+                    self._key = key
                 signed = self._signed.get(raw)
         if signed is None:
             signed = generate_csrf()  # this request's own, made now or by its view
         else:
             setattr(g, field, signed)
         with self._lock:
+            if key != self._key:
+                self._signed.clear()
+                self._key = key
             self._signed[raw] = signed
             self._signed.move_to_end(raw)
             while len(self._signed) > self.max_entries:

@@ -39,7 +39,9 @@ class PortalThreadWorker(ThreadWorker):
     is, until some download ends, minutes later. Here a worker stops accepting while every
     one of its threads is busy, so new visitors are taken by a worker that can answer them
     (`bench/run.py`, workload W8: 32 slow readers on 2 x 32 threads once left the listing
-    at 0 requests/s).
+    at 0 requests/s). Only new connections can be steered: the next request on a
+    kept-alive connection still waits for its own worker. Behind nginx with
+    X-Accel-Redirect (docs/deploy.md) downloads never hold the portal's threads at all.
 
     gunicorn 24 and later also close a finished connection "gracefully" (RFC 9112 section
     9.6): half-close, then wait up to two seconds for the client to close too. The threaded

@@ -225,22 +225,24 @@ def test_a_connection_the_driver_reports_lost_leaves_the_pool(app, monkeypatch):
 
     with app.app_context():
         engine = db.engine
-    sqlalchemy_event.listen(engine.pool, "invalidate", count_drop)
+    old_pool = engine.pool
+    sqlalchemy_event.listen(old_pool, "invalidate", count_drop)
     try:
         # The dialect is told to see this statement's failure as a lost connection.
         monkeypatch.setitem(
             content_version._COMPILED,
-            engine.dialect.name,
+            (engine.dialect.name, engine.dialect.driver),
             content_version._CompiledState("SELECT * FROM no_such_table_here", ()),
         )
         monkeypatch.setattr(type(engine.dialect), "is_disconnect", lambda *args: True)
         assert reader.get("/").status_code == 503
         assert len(dropped) == 1
+        assert engine.pool is not old_pool  # the connections opened before are not reused
         monkeypatch.undo()
         assert reader.get("/").status_code == 200
         assert len(dropped) == 1
     finally:
-        sqlalchemy_event.remove(engine.pool, "invalidate", count_drop)
+        sqlalchemy_event.remove(old_pool, "invalidate", count_drop)
 
 
 # --- never stale, on either process ---------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 import time
 from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -502,3 +503,20 @@ def test_sessions_holding_messages_are_checked_every_time(app):
     cookie = reader.get_cookie("portal_session").value
     reader.get("/")
     assert all(value != cookie for _, value in app.session_interface._verified)
+
+
+def test_form_tokens_follow_a_new_secret_key(app):
+    """Flask-WTF checks tokens with the current key alone: none signed before may be shown."""
+    reader = app.test_client()
+    assert unlock(reader).status_code == 303
+    assert reader.get("/").status_code == 200  # a token signed with the first key, kept
+    old_key = app.secret_key
+    try:
+        app.secret_key = "a-rotated-secret-key"
+        app.config["SECRET_KEY_FALLBACKS"] = [old_key]  # the session cookie stays valid
+        page = reader.get("/").get_data(as_text=True)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        assert reader.post("/leave", data={"csrf_token": token}).status_code == 303
+    finally:
+        app.secret_key = old_key
+        app.config["SECRET_KEY_FALLBACKS"] = []
