@@ -63,15 +63,20 @@ def demo_instance(root: Path) -> None:
 
     if TEST_DATABASE_URL:
         _reset_postgresql(TEST_DATABASE_URL)
-    demo = subprocess.run(
-        [str(PORTAL), "demo"],
+    portal_command(root, "demo")
+
+
+def portal_command(root: Path, *args: str) -> None:
+    """Run one ``portal`` command on the instance in ``root``; fail with what it printed."""
+    done = subprocess.run(
+        [str(PORTAL), *args],
         capture_output=True,
         text=True,
         cwd=root,
         env=portal_env(root),
         timeout=120,
     )
-    assert demo.returncode == 0, demo.stderr
+    assert done.returncode == 0, done.stderr
 
 
 def portal_env(root: Path) -> dict[str, str]:

@@ -12,13 +12,12 @@ import http.client
 import re
 import selectors
 import socket
-import subprocess
 import time
 from concurrent.futures import Future
 from types import SimpleNamespace
 
 import pytest
-from liveserver import PORTAL, Browser, Server, demo_instance, free_port, portal_env, printed
+from liveserver import Browser, Server, demo_instance, free_port, portal_command, printed
 
 from portal.server import PortalThreadWorker
 
@@ -85,15 +84,7 @@ def test_visitors_are_answered_while_slow_downloads_hold_one_workers_threads(tmp
     with (folder / "gros-support.txt").open("wb") as out:
         for _ in range(BIG_FILE_BYTES // len(line)):
             out.write(line)
-    imported = subprocess.run(
-        [str(PORTAL), "import", str(folder)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=portal_env(tmp_path),
-        timeout=120,
-    )
-    assert imported.returncode == 0, imported.stderr
+    portal_command(tmp_path, "import", str(folder))
     server = Server(tmp_path, free_port(), workers=2, threads=2)
     readers: list[socket.socket] = []
     try:
