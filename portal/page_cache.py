@@ -27,6 +27,7 @@ from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 
 from .content_version import event_state
+from .lru import BoundedLRU
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -140,10 +141,8 @@ class SignedTokens:
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._signed: OrderedDict[str, str] = OrderedDict()
+        self._signed: BoundedLRU[str, str] = BoundedLRU(max_entries)
         self._key: Any = None
-        self._lock = threading.Lock()
 
     def current(self) -> str:
         field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
@@ -152,25 +151,15 @@ class SignedTokens:
             return generate_csrf()
         # Signed with the current key only: Flask-WTF checks tokens against that key alone.
         key = current_app.config.get("WTF_CSRF_SECRET_KEY") or current_app.secret_key
-        signed = None
-        if field not in g:
-            with self._lock:
-                if key != self._key:
-                    self._signed.clear()
-                    self._key = key
-                signed = self._signed.get(raw)
+        if key != self._key:
+            self._signed.clear()
+            self._key = key
+        signed = None if field in g else self._signed.get(raw)
         if signed is None:
             signed = generate_csrf()  # this request's own, made now or by its view
         else:
             setattr(g, field, signed)
-        with self._lock:
-            if key != self._key:
-                self._signed.clear()
-                self._key = key
-            self._signed[raw] = signed
-            self._signed.move_to_end(raw)
-            while len(self._signed) > self.max_entries:
-                self._signed.popitem(last=False)
+        self._signed.put(raw, signed)
         return signed
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
-from collections import OrderedDict
 from typing import Any
 
 from flask import Flask, Response, abort, redirect, request, url_for
@@ -15,6 +13,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from .access import can_manage
 from .extensions import csrf
+from .lru import BoundedLRU
 
 PAGE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -62,9 +61,9 @@ class SessionInterface(SecureCookieSessionInterface):
     _serializer: tuple[Any, URLSafeTimedSerializer | None] | None = None
 
     def __init__(self, max_verified: int = 2048) -> None:
-        self.max_verified = max_verified
-        self._verified: OrderedDict[tuple[int, str], tuple[dict[str, Any], int]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._verified: BoundedLRU[tuple[int, str], tuple[dict[str, Any], int]] = BoundedLRU(
+            max_verified
+        )
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(request.is_secure) or super().get_cookie_secure(app)
@@ -74,8 +73,7 @@ class SessionInterface(SecureCookieSessionInterface):
         cached = self._serializer
         if cached is None or cached[0] != keys:
             serializer = super().get_signing_serializer(app)
-            with self._lock:
-                self._verified.clear()
+            self._verified.clear()
             cached = self._serializer = (keys, serializer)
         return cached[1]
 
@@ -88,27 +86,20 @@ class SessionInterface(SecureCookieSessionInterface):
             return self.session_class()
         max_age = int(app.permanent_session_lifetime.total_seconds())
         key = (id(serializer), value)
-        with self._lock:
-            known = self._verified.get(key)
-            if known is not None:
-                self._verified.move_to_end(key)
+        known = self._verified.get(key)
         if known is not None:
             data, signed_at = known
             age = serializer.signer.get_timestamp(None) - signed_at  # type: ignore[arg-type]
             if 0 <= age <= max_age:
                 return self.session_class(data)
-            with self._lock:
-                self._verified.pop(key, None)
+            self._verified.pop(key)
             return self.session_class()
         try:
             data, signed = serializer.loads(value, max_age=max_age, return_timestamp=True)
         except BadSignature:
             return self.session_class()
         if isinstance(data, dict) and all(isinstance(v, PLAIN) for v in data.values()):
-            with self._lock:
-                self._verified[key] = (data, int(signed.timestamp()))
-                while len(self._verified) > self.max_verified:
-                    self._verified.popitem(last=False)
+            self._verified.put(key, (data, int(signed.timestamp())))
         return self.session_class(data)
 
 

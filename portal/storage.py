@@ -295,16 +295,12 @@ class LocalStorage(Storage):
 
     def commit(self, incoming: IncomingFile) -> str:
         # Reopen to sync: Werkzeug may already have closed the upload's handle.
-        try:
+        with _full_disk_is_storage_full():
             if not incoming.closed:
                 incoming.flush()
                 incoming.close()
             with open(incoming.path, "rb+") as handle:
                 os.fsync(handle.fileno())
-        except OSError as error:
-            if error.errno in FULL_ERRNOS:
-                raise StorageFull("no space left in the storage") from error
-            raise
         key = secrets.token_hex(16)
         target = self._path(key)
         os.rename(incoming.path, target)

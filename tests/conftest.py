@@ -194,15 +194,20 @@ def app(app_config: dict, migrated_database: Path | None, instance_dir: Path) ->
 
 
 @contextmanager
-def app_variant(app_config: dict, **settings: Any) -> Iterator[Flask]:
-    """A second app on the test instance, with other settings; its connections closed after."""
-    variant = create_app({**app_config, **settings})
+def fresh_app(config: dict[str, Any]) -> Iterator[Flask]:
+    """An app built from ``config``; its database connections closed after."""
+    application = create_app(config)
     try:
-        yield variant
+        yield application
     finally:
-        with variant.app_context():
+        with application.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def app_variant(app_config: dict, **settings: Any):  # type: ignore[no-untyped-def]
+    """A second app on the test instance, with other settings; its connections closed after."""
+    return fresh_app({**app_config, **settings})
 
 
 @pytest.fixture

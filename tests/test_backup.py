@@ -24,11 +24,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import PDF_BYTES, PNG_BYTES, _reset_postgresql, login, unlock
+from conftest import PDF_BYTES, PNG_BYTES, _reset_postgresql, fresh_app, login, unlock
 from flask import Flask
 from sqlalchemy import create_engine, inspect, select
 
-from portal import create_app
 from portal.backup import BackupError, restore_backup
 from portal.cli import cli, initialise
 from portal.config import database_url
@@ -97,7 +96,7 @@ class Site:
     @contextmanager
     def web(self) -> Iterator[Flask]:
         """The same installation, in-process, for test clients (no context pushed)."""
-        application = create_app(
+        with fresh_app(
             {
                 "TESTING": True,
                 "INSTANCE_DIR": str(self.instance_dir),
@@ -106,13 +105,8 @@ class Site:
                 "SQLALCHEMY_DATABASE_URI": self.url,
                 "PASSWORD_HASH": {"time_cost": 1, "memory_cost": 8, "parallelism": 1},
             }
-        )
-        try:
+        ) as application:
             yield application
-        finally:
-            with application.app_context():
-                db.session.remove()
-                db.engine.dispose()
 
     @contextmanager
     def app(self) -> Iterator[Flask]:

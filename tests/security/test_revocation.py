@@ -374,6 +374,15 @@ def test_facilitator_cookie_older_than_the_session_lifetime_is_refused(app, worl
     assert_cannot_delete(app, thief, token, world)
 
 
+def test_a_kept_cookie_from_the_future_is_refused(app, world, signing_clock):
+    """A cookie kept after its first check is refused, as itsdangerous does, once the
+    clock has gone back behind the moment it was signed."""
+    saved = saved_cookie(unlocked_browser(app))
+    assert get(replay(app, saved), "/").status_code == 200  # checked, then kept
+    signing_clock.travel(-dt.timedelta(minutes=5))
+    assert_participant_cookie_refused(replay(app, saved), world)
+
+
 def test_the_default_session_lifetime_is_seven_days(app_config):
     # Flask's own default (31 days) used to win over the portal's.
     config = {k: v for k, v in app_config.items() if k != "PERMANENT_SESSION_LIFETIME"}
