@@ -3,7 +3,9 @@
 A download to a slow phone holds its thread until the phone has read it all. gunicorn's
 threaded worker used to go on accepting connections while every thread was taken, and those
 visitors waited in its queue, however idle the other worker was (``bench/run.py`` W8 once
-measured 0 requests/s). ``portal.server.PortalThreadWorker`` stops accepting instead.
+measured 0 requests/s). ``portal.server.PortalThreadWorker`` stops accepting instead, but
+only while its threads are stuck: a worker that is busy yet finishing requests keeps taking
+connections, or they would wait in the kernel's queue under ordinary load.
 """
 
 from __future__ import annotations
@@ -51,13 +53,15 @@ def worker():  # type: ignore[no-untyped-def]
     worker.closer = SimpleNamespace(submit=lambda function, **kwargs: function(**kwargs))
     worker._accepting = False
     worker.nr_conns = 0
+    worker.last_finished = time.monotonic()
     worker.alive = True
     yield worker
     worker.poller.close()
     listener.close()
 
 
-def test_a_worker_stops_accepting_while_every_thread_is_busy_and_resumes_after(worker):
+def test_a_worker_whose_threads_are_all_stuck_stops_accepting_and_resumes_after(worker):
+    worker.last_finished = time.monotonic() - worker.stall_after  # nothing finished lately
     worker.set_accept_enabled(True)
     assert worker._accepting
     first, second = _Connection(), _Connection()
@@ -73,6 +77,35 @@ def test_a_worker_stops_accepting_while_every_thread_is_busy_and_resumes_after(w
     assert first.closed
     worker.set_accept_enabled(True)
     assert worker._accepting
+
+
+def test_a_busy_worker_that_keeps_finishing_requests_keeps_accepting(worker):
+    """Under a burst of ordinary requests every thread is taken, yet each frees up soon."""
+    worker.set_accept_enabled(True)
+    connections = [_Connection() for _ in range(5)]
+    for connection in connections[:3]:
+        worker.enqueue_req(connection)
+    done: Future = Future()
+    done.set_result(False)  # answered
+    worker.finish_request(connections[0], done)
+    for connection in connections[3:]:
+        worker.enqueue_req(connection)
+    assert worker.in_flight == 4
+    assert worker._accepting
+    worker.set_accept_enabled(True)
+    assert worker._accepting
+
+
+def test_a_worker_notices_on_its_own_that_its_threads_got_stuck(worker):
+    worker.set_accept_enabled(True)
+    for _ in range(2):
+        worker.enqueue_req(_Connection())
+    assert worker._accepting  # the worker had just finished a request
+    worker.last_finished -= worker.stall_after  # ... and since then none
+    started = time.monotonic()
+    worker.wait_for_and_dispatch_events(timeout=5.0)  # one turn of gunicorn's loop
+    assert not worker._accepting
+    assert time.monotonic() - started < 1.0  # it did not sleep the loop's whole timeout
 
 
 @pytest.mark.live
