@@ -4,10 +4,13 @@
     python bench/ceiling.py            # gunicorn as `portal run` configures it, and the
                                        # servers installed in bench/.servers (see README)
 
-Two applications, each served on CPU 0 with two worker processes and loaded by wrk
-(`-c32`, keep-alive) from CPU 1: a bare WSGI callable returning a 12 KB page, and the same
-page from a one-route Flask app. What a server gives here bounds what the portal can give
-on W1/W1b/W2 (`run.py`) however cheap its own request becomes. Prints a table and writes
+Each application is served on CPU 0 with two worker processes and loaded by wrk (`-c32`,
+keep-alive) from CPU 1: a bare WSGI callable returning a 12 KB page, and the same page from
+a one-route Flask app (W1/W1b's shape); under gunicorn also a one-route Flask app sending a
+200 KB file with `send_file` (W2's shape, no access check, no count), and a bare WSGI
+callable answering with `X-Accel-Redirect` to that file behind nginx (W2 behind nginx).
+What a server gives here bounds what the portal can give on those workloads (`run.py`)
+however cheap its own request becomes. Prints a table and writes
 `bench/results/ceiling-*.json`.
 """
 
@@ -23,7 +26,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run import BENCH, HOST, LOAD_CPU, PINNING, SERVER_CPU, Server, free_port, wrk
+from run import (
+    BENCH,
+    HOST,
+    LOAD_CPU,
+    NGINX_PROXY,
+    PINNING,
+    SERVER_CPU,
+    Server,
+    free_port,
+    nginx_binary,
+    start_nginx,
+    wrk,
+)
 from soak import source_revision
 
 SIDE_VENV = BENCH / ".servers" / "bin"
@@ -44,7 +59,30 @@ flask_app = Flask(__name__)
 @flask_app.get("/")
 def page():
     return BODY
+
+
+from pathlib import Path
+from flask import send_file
+
+DOCUMENT = Path(__file__).with_name("document.pdf")
+download_app = Flask(__name__)
+
+
+@download_app.get("/")
+def download():
+    return send_file(DOCUMENT, as_attachment=True, conditional=True, etag=True)
+
+
+def accel(environ, start_response):
+    start_response("200 OK", [("X-Accel-Redirect", "/protected/document.pdf")])
+    return [b""]
 """
+#: W2's document size (bench/run.py).
+DOCUMENT_BYTES = 200 * 1024
+#: Applications measured under each server: the last two only under gunicorn (granian's
+#: WSGI offers no file wrapper, so no sendfile), "accel" behind nginx.
+PAGE_APPS = ("bare", "flask_app")
+DOWNLOAD_APPS = ("download_app", "accel")
 GUNICORN = """
 import sys
 from gunicorn.app.base import BaseApplication
@@ -77,7 +115,7 @@ def servers(folder: Path, port: int) -> dict[str, dict[str, list[str]]]:
     found: dict[str, dict[str, list[str]]] = {
         "gunicorn gthread (portal run)": {
             app: [sys.executable, str(folder / "gunicorn_bench.py"), app, bind]
-            for app in ("bare", "flask_app")
+            for app in PAGE_APPS + DOWNLOAD_APPS
         }
     }
     granian = SIDE_VENV / "granian"
@@ -99,13 +137,13 @@ def servers(folder: Path, port: int) -> dict[str, dict[str, list[str]]]:
                 str(folder),
                 f"apps:{app}",
             ]
-            for app in ("bare", "flask_app")
+            for app in PAGE_APPS
         }
     waitress = SIDE_VENV / "waitress-serve"
     if waitress.exists():
         found["waitress"] = {
             app: [str(waitress), "--threads", "32", "--listen", bind, f"apps:{app}"]
-            for app in ("bare", "flask_app")
+            for app in PAGE_APPS
         }
     return found
 
@@ -126,19 +164,31 @@ def main() -> int:
         folder = Path(name)
         (folder / "apps.py").write_text(APPS)
         (folder / "gunicorn_bench.py").write_text(GUNICORN)
+        (folder / "document.pdf").write_bytes(os.urandom(DOCUMENT_BYTES))
         port = free_port()
         for server, commands in servers(folder, port).items():
             for app, argv in commands.items():
+                if app == "accel" and nginx_binary() is None:
+                    continue
                 process = Server(server, argv, folder / "server.log", cwd=folder)
+                proxy = None
                 try:
                     process.wait_ready(port, "/")
-                    wrk(f"http://{HOST}:{port}/", 32, 2, [])  # warm-up
-                    result = wrk(f"http://{HOST}:{port}/", 32, args.seconds, [])
+                    target = port
+                    if app == "accel":
+                        proxy, target = start_nginx(
+                            folder, NGINX_PROXY, "nginx-proxy", upstream=port, storage=folder
+                        )
+                    wrk(f"http://{HOST}:{target}/", 32, 2, [])  # warm-up
+                    result = wrk(f"http://{HOST}:{target}/", 32, args.seconds, [])
                 finally:
+                    if proxy is not None:
+                        proxy.stop()
                     process.stop()
-                rows.append({"server": server, "app": app, **result})
+                label = f"nginx + {server}" if app == "accel" else server
+                rows.append({"server": label, "app": app, **result})
                 print(
-                    f"{server:32} {app:10} {result.get('requests_per_s') or 0:9.0f} req/s"
+                    f"{label:40} {app:12} {result.get('requests_per_s') or 0:9.0f} req/s"
                     f"  p99 {result.get('p99_ms') or 0:7.1f} ms  errors {result['errors']}"
                 )
     args.results.mkdir(parents=True, exist_ok=True)
