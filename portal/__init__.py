@@ -10,7 +10,17 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import assets, content_version, errors, i18n, page_cache, ratelimit, security, uploads
+from . import (
+    assets,
+    content_version,
+    errors,
+    i18n,
+    page_cache,
+    ratelimit,
+    replay,
+    security,
+    uploads,
+)
 from .config import load_settings
 from .extensions import babel, csrf, db, login_manager, migrate
 from .storage import storage_from_setting
@@ -41,6 +51,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             app.config[key] = value
     app.instance_path = app.config["INSTANCE_DIR"]
 
+    # Inside ProxyFix: the replay keys its answers on the request as ProxyFix corrected it.
+    replay.init_app(app)
     if app.config["PROXY_FIX"]:
         hops = app.config["PROXY_FIX"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]

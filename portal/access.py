@@ -13,7 +13,7 @@ from flask_wtf.csrf import generate_csrf
 
 from .content_version import EventState, event_state
 from .extensions import db, login_manager
-from .models import Facilitator
+from .models import Event, Facilitator
 from .services.event import get_event
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,17 +44,22 @@ class Anonymous(AnonymousUserMixin):
     is_admin = False
 
 
+def participant_admitted(event: EventState | Event, password_version: str) -> bool:
+    """A participant who unlocked with ``password_version`` may still come in now."""
+    return bool(
+        (event.has_password if isinstance(event, EventState) else event.shared_password_hash)
+        and password_version == str(event.password_version)
+        and event.window_state() == "open"
+    )
+
+
 @login_manager.user_loader
 def load_principal(user_id: str) -> Participant | Facilitator | None:
     """Turn the id kept in the session back into a principal, or None when it is stale."""
     kind, _, rest = user_id.partition(":")
     if kind == "p":
         event = event_state() or get_event()
-        if (
-            (event.has_password if isinstance(event, EventState) else event.shared_password_hash)
-            and rest == str(event.password_version)
-            and event.window_state() == "open"
-        ):
+        if participant_admitted(event, rest):
             return Participant(event.password_version)
         return None
     if kind == "f":

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flask import g
+from flask import g, has_request_context, request
 from sqlalchemy import event, inspect, select, update
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import ORMExecuteState, Session
 
@@ -33,6 +33,9 @@ IGNORED = {
     Event: frozenset({"content_version"}),
 }
 IGNORED_BULK = frozenset({"download_count", "updated_at", "content_version"})
+
+#: Where a state read before Flask took the request waits for ``event_state`` (WSGI environ).
+READ_EARLIER = "portal.event_state"
 
 _events = Event.__table__
 BUMP = (
@@ -122,28 +125,39 @@ def _read_state(connection: Connection, compiled: _CompiledState) -> Sequence[An
         ) from error
 
 
-def event_state() -> EventState | None:
-    """Read the event's version numbers and window once per request (None: no event yet).
+def read_event_state(engine: Engine) -> EventState | None:
+    """Read the event's version numbers and window on a pooled connection (None: no event).
 
-    A plain pooled connection, outside the ORM session: on a cached page this is the
-    request's only query. It runs before the view reads any content, so a page rendered
-    after it can only be newer than the version it is filed under, never older.
-
-    The statement goes straight to the driver's cursor: SQLAlchemy's execution machinery
-    cost twice the query itself on every participant page (``bench/run.py`` W1). A driver
-    error still reaches the error pages as SQLAlchemy's DBAPIError, and a lost connection
-    is dropped from the pool, as Core would do.
+    A plain pooled connection, outside the ORM session. The statement goes straight to the
+    driver's cursor: SQLAlchemy's execution machinery cost twice the query itself on every
+    participant page (``bench/run.py`` W1). A driver error still reaches the error pages as
+    SQLAlchemy's DBAPIError, and a lost connection is dropped from the pool, as Core would
+    do.
     """
-    if "portal_event_state" in g:
-        return g.portal_event_state
-    engine = db.engine
     dialect = engine.dialect
     compiled = _COMPILED.get((dialect.name, dialect.driver))
     if compiled is None:
         compiled = _COMPILED[dialect.name, dialect.driver] = _CompiledState.for_dialect(dialect)
     with engine.connect() as connection:
         row = _read_state(connection, compiled)
-    g.portal_event_state = state = None if row is None else compiled.convert(row)
+    return None if row is None else compiled.convert(row)
+
+
+def event_state() -> EventState | None:
+    """The event's state, read once per request.
+
+    On a cached page this is the request's only query. It runs before the view reads any
+    content, so a page rendered after it can only be newer than the version it is filed
+    under, never older.
+    """
+    if "portal_event_state" in g:
+        return g.portal_event_state
+    if has_request_context() and READ_EARLIER in request.environ:
+        # Read at the start of this request already, by portal/replay.py.
+        state = request.environ[READ_EARLIER]
+    else:
+        state = read_event_state(db.engine)
+    g.portal_event_state = state
     return state
 
 

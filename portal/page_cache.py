@@ -38,6 +38,17 @@ CACHE_CONTROL = "private, no-cache"
 KEPT_HEADERS = frozenset({"content-type", "content-security-policy"})
 
 
+#: Where ``_answer`` says, in the WSGI environ, which cached page it answered with.
+ANSWERED = "portal.page_cache.answered"
+
+
+@dataclass(frozen=True)
+class Answered:
+    key: tuple[Any, ...]
+    tag: str
+    token: bytes
+
+
 @dataclass(frozen=True)
 class Entry:
     body: bytes
@@ -188,16 +199,18 @@ def _etag(entry: Entry) -> str:
     return f"{entry.tag}-{mine}"
 
 
-def _answer(entry: Entry) -> Response:
+def _answer(key: tuple[Any, ...], entry: Entry) -> Response:
     etag = _etag(entry)
+    token = _token().encode()
     if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
         response.headers["Content-Type"] = dict(entry.headers).get("Content-Type", "text/html")
     else:
-        body = entry.body.replace(PLACEHOLDER, _token().encode())
-        response = Response(body, headers=list(entry.headers))
+        response = Response(entry.body.replace(PLACEHOLDER, token), headers=list(entry.headers))
     response.set_etag(etag, weak=True)
     response.headers["Cache-Control"] = CACHE_CONTROL
+    # The same request again may be answered without Flask (portal/replay.py).
+    request.environ[ANSWERED] = Answered(key, entry.tag, token)
     return response
 
 
@@ -223,7 +236,7 @@ def cached_page(canonical: Callable[[], bool] = lambda: not request.args) -> Cal
                 entry = _store(key, response)
                 if entry is None:
                     return response
-            return _answer(entry)
+            return _answer(key, entry)
 
         return wrapped  # type: ignore[return-value]
 

@@ -43,6 +43,9 @@ STREAM_MIMETYPE = "application/offset+octet-stream"
 SMALL_BODY_LIMIT = 64 * 1024
 #: Session values that no request can change in place (so a decoded session can be shared).
 PLAIN = (str, int, float, bool, type(None))
+#: Where ``open_session`` leaves the signing time (Unix seconds) of a session cookie that
+#: holds only plain values, for ``portal.replay``.
+SIGNED_AT = "portal.session_signed_at"
 #: Blueprints for facilitators only: strangers are sent to the login page.
 FACILITATOR_BLUEPRINTS = frozenset({"manage", "admin", "tus"})
 
@@ -84,23 +87,34 @@ class SessionInterface(SecureCookieSessionInterface):
         value = request.cookies.get(self.get_cookie_name(app))
         if not value:
             return self.session_class()
-        max_age = int(app.permanent_session_lifetime.total_seconds())
         key = (id(serializer), value)
         known = self._verified.get(key)
         if known is not None:
             data, signed_at = known
-            age = serializer.signer.get_timestamp(None) - signed_at  # type: ignore[arg-type]
-            if 0 <= age <= max_age:
+            if self.young_enough(app, signed_at):
+                request.environ[SIGNED_AT] = signed_at
                 return self.session_class(data)
             self._verified.pop(key)
             return self.session_class()
+        max_age = int(app.permanent_session_lifetime.total_seconds())
         try:
             data, signed = serializer.loads(value, max_age=max_age, return_timestamp=True)
         except BadSignature:
             return self.session_class()
         if isinstance(data, dict) and all(isinstance(v, PLAIN) for v in data.values()):
-            self._verified.put(key, (data, int(signed.timestamp())))
+            signed_at = int(signed.timestamp())
+            self._verified.put(key, (data, signed_at))
+            request.environ[SIGNED_AT] = signed_at
         return self.session_class(data)
+
+    def young_enough(self, app: Flask, signed_at: int) -> bool:
+        """A cookie signed at ``signed_at`` is within the session lifetime now.
+
+        On itsdangerous's own clock, as ``serializer.loads(max_age=...)`` counts.
+        """
+        max_age = int(app.permanent_session_lifetime.total_seconds())
+        age = URLSafeTimedSerializer.default_signer.get_timestamp(None) - signed_at  # type: ignore[arg-type]
+        return 0 <= age <= max_age
 
 
 def _buffer_small_body() -> None:
