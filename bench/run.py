@@ -329,6 +329,10 @@ def free_port() -> int:
 # --- a tiny browser -------------------------------------------------------------------------------
 
 
+#: What every simulated browser sends besides its cookies.
+BROWSER_HEADERS = {"Accept-Language": "fr", "User-Agent": "portal-bench"}
+
+
 class Browser:
     """One visitor: a cookie jar and a keep-alive connection from a chosen source address."""
 
@@ -360,7 +364,7 @@ class Browser:
     def request(
         self, method: str, path: str, form: dict[str, str] | None = None
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        headers = {"Accept-Language": "fr", "User-Agent": "portal-bench"}
+        headers = dict(BROWSER_HEADERS)
         if self.cookies:
             headers["Cookie"] = self.cookie_header()
         body = None
@@ -788,7 +792,11 @@ class Portal:
     def target(self, server: Server) -> Target:
         participant = Browser(self.port)
         unlock(participant, self.password)
+        # What the participant's browser sends with every request: its cookies, and the same
+        # user agent and languages as when it unlocked (runs 1-9 sent the cookie alone, so
+        # Flask-Login's session protection signed the cookie again on every page).
         cookie = [f"Cookie: {participant.cookie_header()}"]
+        cookie += [f"{name}: {value}" for name, value in BROWSER_HEADERS.items()]
         first, last = self.corpus.slugs[0], self.corpus.slugs[-1]
         _, _, page = participant.request("GET", f"/sessions/{first}")
         small = document_links(page)
