@@ -52,6 +52,9 @@ REQUEST_PARTS = (
     "REMOTE_ADDR",
     "HTTP_X_FORWARDED_FOR",
 )
+#: Requests whose parts add up to more than this are never noted: a browser sends about
+#: 1 KB of them, and the noted answers are bounded in number, not in size.
+MAX_REQUEST_BYTES = 4096
 StartResponse = Callable[..., Any]
 
 
@@ -63,9 +66,9 @@ class Noted:
     signed_at: int
     settings: tuple[Any, ...]
     status: str
-    #: The answer's headers, without Content-Length.
     headers: list[tuple[str, str]]
-    with_length: bool
+    #: Where Content-Length is in ``headers`` (given again for the body sent).
+    length_at: int | None
     with_body: bool
 
 
@@ -110,31 +113,33 @@ class Replay:
             seen.append((status, headers))
             return start_response(status, headers, exc_info)
 
+        # As they were when the cookie was checked: keys changed meanwhile end the replay.
+        settings = _settings(self.app)
         result = self.wsgi_app(environ, note_start)
         answered = environ.get(ANSWERED)
         if answered is not None and seen and SIGNED_AT in environ:
-            self._note(key, answered, environ[SIGNED_AT], *seen[-1])
+            self._note(key, settings, answered, environ[SIGNED_AT], *seen[-1])
         return result
 
     def _note(
         self,
         key: tuple[Any, ...],
+        settings: tuple[Any, ...],
         answered: Answered,
         signed_at: int,
         status: str,
         headers: list[tuple[str, str]],
     ) -> None:
-        names = {name.lower() for name, _ in headers}
+        names = [name.lower() for name, _ in headers]
         if "set-cookie" in names or not status.startswith(("200", "304")):
             return
-        settings = _settings(self.app)
         if settings[3] is not None:
             return  # form tokens that expire are signed anew on every page
-        kept = [(name, value) for name, value in headers if name.lower() != "content-length"]
+        if sum(len(part) for part in key if isinstance(part, str)) > MAX_REQUEST_BYTES:
+            return  # real browsers send far less; padded requests must not fill memory
+        length_at = names.index("content-length") if "content-length" in names else None
         with_body = status.startswith("200")
-        noted = Noted(
-            answered, signed_at, settings, status, kept, "content-length" in names, with_body
-        )
+        noted = Noted(answered, signed_at, settings, status, list(headers), length_at, with_body)
         self.noted.put(key, noted)
 
     def _again(
@@ -164,8 +169,8 @@ class Replay:
             return None
         body = entry.body.replace(PLACEHOLDER, noted.answered.token) if noted.with_body else b""
         headers = list(noted.headers)
-        if noted.with_length:
-            headers.append(("Content-Length", str(len(body))))
+        if noted.length_at is not None:
+            headers[noted.length_at] = (headers[noted.length_at][0], str(len(body)))
         return noted.status, headers, body
 
     def _database(self) -> Any:
@@ -179,6 +184,6 @@ def init_app(app: Flask) -> None:
     """Put the replay in front of Flask's application, unless PAGE_REPLAY is false."""
     if not app.config.get("PAGE_REPLAY", True):
         return
-    replay = Replay(app, app.wsgi_app, app.config.get("PAGE_REPLAY_ENTRIES", 4096))
+    replay = Replay(app, app.wsgi_app, app.config.get("PAGE_REPLAY_ENTRIES", 2048))
     app.extensions["portal.replay"] = replay
     app.wsgi_app = replay  # type: ignore[method-assign]

@@ -76,7 +76,7 @@ class Visitor:
         app_iter, status, answer_headers = run_wsgi_app(
             wsgi, self.environ(path, method, **headers), buffered=True
         )
-        return status, sorted(answer_headers.to_wsgi_list()), b"".join(app_iter)
+        return status, answer_headers.to_wsgi_list(), b"".join(app_iter)
 
     def both(self, path: str = "/", method: str = "GET", **headers: str) -> tuple[Answer, int]:
         """Ask through the application, then through Flask alone; the same answer, and
@@ -402,3 +402,29 @@ def test_a_head_request_after_a_noted_get_goes_through_flask(app, content):
     answer, replayed = visitor.both("/", "HEAD")
     assert replayed == 0
     assert answer[0] == "200 OK" and answer[2] == b""
+
+
+def test_padded_requests_are_answered_but_never_noted(app, content):
+    visitor = participant(app)
+    visitor.cookie += "; padding=" + "x" * replay.MAX_REQUEST_BYTES
+    for _ in range(3):
+        answer, replayed = visitor.both("/")
+        assert answer[0] == "200 OK" and replayed == 0
+    assert len(replay_of(app).noted) == 0
+
+
+def test_an_answer_given_while_the_keys_changed_is_not_noted(app, content, monkeypatch):
+    visitor = participant(app)
+    flask_app = replay_of(app).wsgi_app
+
+    def rotating_meanwhile(environ: dict[str, Any], start_response: Any) -> Any:
+        answer = flask_app(environ, start_response)
+        app.secret_key = "a-key-set-while-the-request-ran"
+        return answer
+
+    monkeypatch.setattr(replay_of(app), "wsgi_app", rotating_meanwhile)
+    visitor.ask(app, "/")  # checked with the old key, answered under the new one
+    monkeypatch.undo()
+    answer, replayed = visitor.both("/")
+    assert replayed == 0
+    assert answer[0] == "302 FOUND"  # the new key does not know this cookie
