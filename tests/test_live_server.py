@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from liveserver import Browser, Server, demo_instance, free_port, printed
+from liveserver import Browser, Server, demo_instance, free_port, portal_command, printed
 
 from portal.demo import SESSIONS, make_png
 
@@ -259,3 +259,18 @@ def test_server_logs_no_client_address(live, participant):
     leaking = [line for line in lines if "127.0.0.1" in line and "Listening at" not in line]
     assert leaking == []
     assert not any("Traceback" in line for line in lines), live.server.output()
+
+
+def test_a_document_imported_meanwhile_shows_on_the_very_next_page(live, participant, tmp_path):
+    """Pages asked again and again (and so answered from the page cache, then replayed by
+    each worker) still change as soon as another process adds a document."""
+    for _ in range(6):
+        reply = participant.get("/")
+        assert reply.status == 200
+        assert "synthese-ajoutee.txt" not in reply.text
+    folder = tmp_path / "ajout"
+    folder.mkdir()
+    (folder / "synthese-ajoutee.txt").write_text("Synthèse de la session.\n", encoding="utf-8")
+    portal_command(live.root, "import", str(folder))
+    for _ in range(4):  # whichever worker answers
+        assert "synthese-ajoutee.txt" in participant.get("/").text
