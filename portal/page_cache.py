@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from flask import Flask, Response, current_app, g, make_response, request, session
 from flask_babel import get_locale
@@ -44,7 +44,7 @@ ANSWERED = "portal.page_cache.answered"
 
 @dataclass(frozen=True)
 class Answered:
-    key: tuple[Any, ...]
+    key: PageKey
     tag: str
     token: bytes
 
@@ -123,7 +123,18 @@ def cache() -> PageCache:
     return current_app.extensions["portal.page_cache"]
 
 
-def _key(canonical: Callable[[], bool]) -> tuple[Any, ...] | None:
+class PageKey(NamedTuple):
+    """What a cached page is filed under."""
+
+    script_root: str
+    path: str
+    query_string: bytes
+    locale: str
+    content_version: int
+    password_version: int
+
+
+def _key(canonical: Callable[[], bool]) -> PageKey | None:
     user = current_user
     if not (user.is_authenticated and user.is_participant):
         return None
@@ -132,7 +143,7 @@ def _key(canonical: Callable[[], bool]) -> tuple[Any, ...] | None:
     event = event_state()
     if event is None:
         return None
-    return (
+    return PageKey(
         request.script_root,
         request.path,
         request.query_string,
@@ -199,7 +210,7 @@ def _etag(entry: Entry) -> str:
     return f"{entry.tag}-{mine}"
 
 
-def _answer(key: tuple[Any, ...], entry: Entry) -> Response:
+def _answer(key: PageKey, entry: Entry) -> Response:
     etag = _etag(entry)
     token = _token().encode()
     if request.if_none_match.contains_weak(etag):

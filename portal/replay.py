@@ -69,7 +69,6 @@ class Noted:
     headers: list[tuple[str, str]]
     #: Where Content-Length is in ``headers`` (given again for the body sent).
     length_at: int | None
-    with_body: bool
 
 
 def _settings(app: Flask) -> tuple[Any, ...]:
@@ -138,8 +137,7 @@ class Replay:
         if sum(len(part) for part in key if isinstance(part, str)) > MAX_REQUEST_BYTES:
             return  # real browsers send far less; padded requests must not fill memory
         length_at = names.index("content-length") if "content-length" in names else None
-        with_body = status.startswith("200")
-        noted = Noted(answered, signed_at, settings, status, list(headers), length_at, with_body)
+        noted = Noted(answered, signed_at, settings, status, list(headers), length_at)
         self.noted.put(key, noted)
 
     def _again(
@@ -158,16 +156,18 @@ class Replay:
         # Should the request go on to Flask, its loader uses this reading, not a second one.
         environ[READ_EARLIER] = state
         page_key = noted.answered.key
-        if state is None or not participant_admitted(state, str(page_key[5])):
-            return None
-        current = (*page_key[:4], state.content_version, state.password_version)
-        if current != page_key:
+        if (
+            state is None
+            or not participant_admitted(state, str(page_key.password_version))
+            or state.content_version != page_key.content_version
+        ):
             return None
         pages: PageCache = app.extensions["portal.page_cache"]
         entry = pages.get(page_key, dt.datetime.now(dt.UTC))
         if entry is None or entry.tag != noted.answered.tag:
             return None
-        body = entry.body.replace(PLACEHOLDER, noted.answered.token) if noted.with_body else b""
+        with_body = noted.status.startswith("200")
+        body = entry.body.replace(PLACEHOLDER, noted.answered.token) if with_body else b""
         headers = list(noted.headers)
         if noted.length_at is not None:
             headers[noted.length_at] = (headers[noted.length_at][0], str(len(body)))

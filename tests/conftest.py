@@ -73,6 +73,10 @@ TEST_DATABASE_URL = (
 )
 
 CSRF_PATTERN = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+#: The sign-out form's token on a participant's page.
+LEAVE_TOKEN = re.compile(
+    r'action="/leave"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"'
+)
 
 # A tiny but real PDF, PNG and JPEG header for upload tests.
 PDF_BYTES = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"

@@ -7,7 +7,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import CSRF_PATTERN, SHARED_PASSWORD, csrf_token, login, unlock
+from conftest import CSRF_PATTERN, LEAVE_TOKEN, SHARED_PASSWORD, csrf_token, login, unlock
 
 from portal import create_app
 from portal.extensions import db
@@ -16,9 +16,6 @@ from portal.services.event import set_access_window
 
 FUTURE_OPENING = dt.datetime(2099, 3, 5, 9, 0, tzinfo=dt.UTC)  # 10:00 in Paris
 PAST_CLOSING = dt.datetime(2020, 11, 27, 17, 30, tzinfo=dt.UTC)  # 18:30 in Paris
-LEAVE_TOKEN = re.compile(
-    r'action="/leave"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"'
-)
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import re
 import time
 
 import pytest
 from conftest import (
     ADMIN_EMAIL,
+    LEAVE_TOKEN,
     PDF_BYTES,
     SHARED_PASSWORD,
     app_variant,
@@ -32,10 +32,6 @@ from portal.page_cache import PLACEHOLDER, Entry, PageCache
 from portal.services import documents as document_service
 from portal.services import event as event_service
 from portal.services.accounts import set_shared_password
-
-LEAVE_TOKEN = re.compile(
-    r'action="/leave"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"'
-)
 
 
 def version(app: Flask) -> int:

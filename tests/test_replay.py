@@ -9,12 +9,12 @@ whether it answered.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from typing import Any
 
 import pytest
 from conftest import (
+    LEAVE_TOKEN,
     SHARED_PASSWORD,
     app_variant,
     login,
@@ -31,9 +31,6 @@ from portal.models import Event
 from portal.page_cache import Entry
 from portal.services.accounts import set_shared_password
 
-LEAVE_TOKEN = re.compile(
-    r'action="/leave"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"'
-)
 Answer = tuple[str, list[tuple[str, str]], bytes]
 
 
