@@ -73,6 +73,13 @@ def download():
     return send_file(DOCUMENT, as_attachment=True, conditional=True, etag=True)
 
 
+def sendfile(environ, start_response):
+    start_response("200 OK", [
+        ("Content-Type", "application/pdf"), ("Content-Length", str(DOCUMENT.stat().st_size)),
+    ])
+    return environ["wsgi.file_wrapper"](DOCUMENT.open("rb"), 256 * 1024)
+
+
 def accel(environ, start_response):
     start_response("200 OK", [("X-Accel-Redirect", "/protected/document.pdf")])
     return [b""]
@@ -82,7 +89,7 @@ DOCUMENT_BYTES = 200 * 1024
 #: Applications measured under each server: the last two only under gunicorn (granian's
 #: WSGI offers no file wrapper, so no sendfile), "accel" behind nginx.
 PAGE_APPS = ("bare", "flask_app")
-DOWNLOAD_APPS = ("download_app", "accel")
+DOWNLOAD_APPS = ("download_app", "sendfile", "accel")
 GUNICORN = """
 import sys
 from gunicorn.app.base import BaseApplication
@@ -152,6 +159,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--results", type=Path, default=BENCH / "results")
+    parser.add_argument("--apps", default="", help="comma-separated applications to run")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is missing (apt-get install wrk)", file=sys.stderr)
@@ -168,6 +176,8 @@ def main() -> int:
         port = free_port()
         for server, commands in servers(folder, port).items():
             for app, argv in commands.items():
+                if args.apps and app not in args.apps.split(","):
+                    continue
                 if app == "accel" and nginx_binary() is None:
                     continue
                 process = Server(server, argv, folder / "server.log", cwd=folder)
