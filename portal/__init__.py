@@ -22,6 +22,7 @@ from . import (
     uploads,
 )
 from .config import load_settings
+from .download_counts import DownloadCounter
 from .extensions import babel, csrf, db, login_manager, migrate
 from .storage import storage_from_setting
 
@@ -84,6 +85,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         endpoint_url=app.config["S3_ENDPOINT_URL"],
         presigned=app.config["S3_PRESIGNED"],
     )
+    app.extensions["portal.download_counts"] = DownloadCounter()
 
     from . import database, views
 

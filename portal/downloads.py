@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Response, abort, current_app, redirect, request, send_file
+from flask_login import current_user
 from werkzeug.datastructures import Headers
 from zipstream import ZIP_STORED, ZipStream
 
@@ -23,6 +24,10 @@ from .models import Document
 from .security import FILE_POLICY, INLINE_PDF_POLICY
 from .services.documents import count_download
 from .storage import Storage
+
+#: Where ``file_response`` leaves, in the WSGI environ, the password version of a participant
+#: it sent a whole file from the local disk (for ``portal.download_replay``).
+SENT_FILE = "portal.downloads.sent_file"
 
 
 def _storage() -> Storage:
@@ -48,7 +53,7 @@ def check_stored(documents: Sequence[Document]) -> None:
 CHUNK = 256 * 1024
 
 
-def _disposition(name: str, *, inline: bool) -> str:
+def disposition(name: str, *, inline: bool) -> str:
     """``Content-Disposition`` as ``send_file`` writes it (RFC 6266, ``filename*`` if needed)."""
     try:
         name.encode("ascii")
@@ -110,7 +115,7 @@ def _streamed_response(document: Document, *, inline: bool) -> Response:
     """Stream a file from a store that has no local path, with Range and revalidation."""
     body = _StoredBody(document.storage_key)
     response = Response(body, mimetype=document.content_type, direct_passthrough=True)
-    response.headers["Content-Disposition"] = _disposition(document.original_name, inline=inline)
+    response.headers["Content-Disposition"] = disposition(document.original_name, inline=inline)
     response.content_length = document.size
     response.last_modified = document.updated_at
     response.set_etag(document.sha256)
@@ -133,7 +138,7 @@ def _presigned_response(document: Document, *, inline: bool) -> Response | None:
     url = _storage().download_url(
         document.storage_key,
         content_type=document.content_type,
-        disposition=_disposition(document.original_name, inline=inline),
+        disposition=disposition(document.original_name, inline=inline),
     )
     if url is None:
         return None
@@ -162,7 +167,14 @@ def file_response(document: Document, *, inline: bool) -> Response:
     if is_pdf:
         response.headers["X-Frame-Options"] = "SAMEORIGIN"
     if response.status_code in (200, 206, 302) and _counts_as_download():
-        count_download(document.id)
+        try:
+            count_download(document.id)
+        except BaseException:
+            response.close()  # the file it opened: no answer will send it
+            raise
+    if path is not None and not inline and response.status_code == 200:
+        if getattr(current_user, "is_participant", False):
+            request.environ[SENT_FILE] = current_user.password_version
     return response
 
 

@@ -197,6 +197,26 @@ def test_range_request_returns_the_asked_bytes(participant):
     assert body == whole[8:16]
 
 
+def test_each_document_asked_again_and_again_keeps_its_own_bytes(participant):
+    """After its first download, a participant's downloads are sent without Flask (through
+    gunicorn's file wrapper, by each worker): every document still gets its own answer."""
+    page = participant.get("/").text
+    links = document_links(page)
+    for slug in session_slugs(page):
+        links.update(document_links(participant.get(f"/sessions/{slug}").text))
+    assert len(links) >= 10
+    first: dict[str, bytes] = {}
+    for _ in range(3):
+        for name, link in links.items():
+            reply = participant.get(link)
+            assert reply.status == 200, name
+            assert first.setdefault(name, reply.body) == reply.body, name
+            assert hashlib.sha256(reply.body).hexdigest() in reply.headers["ETag"], name
+            assert int(reply.headers["Content-Length"]) == len(reply.body), name
+            assert reply.headers["Content-Disposition"] == f"attachment; filename={name}"
+            assert "Set-Cookie" not in reply.headers, name
+
+
 def test_session_zip_is_a_valid_archive_of_its_documents(participant):
     programme = participant.get("/").text
     first = session_slugs(programme)[0]

@@ -6,16 +6,13 @@ removed again when the database refuses the row, so no file and no row is left h
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import BinaryIO
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import update
 from werkzeug.datastructures import FileStorage
 
-from ..database import unsynced
 from ..extensions import db
 from ..filetypes import clean_filename, content_matches, extension_of, media_type
 from ..models import Document, Facilitator, Meeting
@@ -195,24 +192,10 @@ def _forget_file(key: str) -> None:
         current_app.logger.warning("could not remove stored file %s", key)
 
 
-#: A process's threads count one after the other: SQLite writers that collide wait in its
-#: busy handler, which sleeps 1, 2, 5, 10... ms between tries, so 32 threads counting at once
-#: spent more time asleep than writing (W2 p99 0.4-0.6 s; queued here: 0.1 s).
-_ONE_COUNT_AT_A_TIME = threading.Lock()
-_documents = Document.__table__
-_COUNT = update(_documents).values(download_count=_documents.c.download_count + 1)
-
-
 def count_download(document_id: int) -> None:
-    """Add one to a document's download count, in one atomic statement that skips the fsync.
-
-    Its own short transaction, outside the request's session: waiting for the disk on each
-    download used to halve the download rate and make every download queue behind the
-    others' commits (``bench/run.py`` W2).
-    """
+    """Count a download sent by the current request (``portal.download_counts``)."""
     # The request's own connection goes back to the pool first: a thread holding one while
-    # it waits for another (or for the lock, whose holder waits for the pool) deadlocks
-    # once every pooled connection is taken.
+    # it waits for the batch's writer, who waits for the pool, deadlocks once every pooled
+    # connection is taken.
     db.session.commit()
-    with db.engine.connect() as connection, _ONE_COUNT_AT_A_TIME, unsynced(connection):
-        connection.execute(_COUNT.where(_documents.c.id == document_id))
+    current_app.extensions["portal.download_counts"].add(db.engine, document_id)

@@ -1,0 +1,323 @@
+"""A participant's further downloads, sent without Flask, exactly as Flask would send them.
+
+As in test_replay.py, each request goes both through the whole application (where
+``portal.replay`` may answer) and through Flask's own application, and the two answers must
+be the same: status, headers in order, bytes. Only Date and Expires, which carry the second
+the answer was made, may differ, by at most a second. Each of the two counts as a download.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+from conftest import SHARED_PASSWORD, app_variant, login
+from flask import Flask
+from sqlalchemy.exc import DBAPIError
+from test_replay import Answer, Visitor, flask_path, header, participant, replay_of
+
+from portal import download_counts
+from portal.download_counts import DownloadCounter
+from portal.extensions import db
+from portal.models import Document
+from portal.services.accounts import set_shared_password
+from portal.services.documents import delete_document, replace_document
+
+TIMED = ("date", "expires")
+
+
+def untimed(answer: Answer) -> Answer:
+    status, headers, body = answer
+    return status, [(k, "<time>" if k.lower() in TIMED else v) for k, v in headers], body
+
+
+def both(visitor: Visitor, path: str, method: str = "GET", **headers: str) -> tuple[Answer, int]:
+    """The answer through the application and through Flask: the same but for the time."""
+    before = replay_of(visitor.app).answered
+    answer = visitor.ask(visitor.app, path, method, **headers)
+    replayed = replay_of(visitor.app).answered - before
+    again = visitor.ask(flask_path(visitor.app), path, method, **headers)
+    assert untimed(answer) == untimed(again)
+    for name in TIMED:
+        if header(answer, name) is not None:
+            sent = parsedate_to_datetime(header(answer, name))
+            assert abs((parsedate_to_datetime(header(again, name)) - sent).total_seconds()) <= 1
+    return answer, replayed
+
+
+def counts(app: Flask) -> dict[str, int]:
+    with app.app_context():
+        found = {d.original_name: d.download_count for d in db.session.scalars(db.select(Document))}
+        db.session.remove()
+        return found
+
+
+def url(document: Document) -> str:
+    return f"/documents/{document.id}/{document.original_name}"
+
+
+@pytest.fixture
+def files(make_document) -> dict[str, Document]:
+    return {
+        "pdf": make_document("support.pdf", title="Support"),
+        "text": make_document("Compte-rendu été – n°1.txt", content="Synthèse\n".encode()),
+        "image": make_document("photo.png", content=b"\x89PNG\r\n\x1a\n" + b"\x00" * 64),
+    }
+
+
+def test_after_one_download_the_participants_next_ones_skip_flask(app, files):
+    reader = participant(app)
+    first, replayed = both(reader, url(files["pdf"]))
+    assert first[0] == "200 OK" and replayed == 0
+    again, replayed = both(reader, url(files["pdf"]))
+    assert replayed == 1 and untimed(again) == untimed(first)
+    # Another document, of another type and with a name that needs RFC 5987: its own
+    # headers, the same as Flask's (charset, filename*, length, ETag, Last-Modified).
+    text, replayed = both(reader, url(files["text"]))
+    assert replayed == 1
+    assert text[2] == "Synthèse\n".encode()
+    assert header(text, "Content-Type") == "text/plain; charset=utf-8"
+    assert "filename*=UTF-8''Compte-rendu%20%C3%A9t%C3%A9" in header(text, "Content-Disposition")
+    image, replayed = both(reader, url(files["image"]))
+    assert replayed == 1 and header(image, "Content-Type") == "image/png"
+    # Every answer counted once, on both paths.
+    assert counts(app) == {"support.pdf": 4, "Compte-rendu été – n°1.txt": 2, "photo.png": 2}
+
+
+def test_a_download_keeps_the_documents_last_modified(app, files):
+    reader = participant(app)
+    first, _ = both(reader, url(files["pdf"]))
+    time.sleep(1.1)
+    asked_at = int(time.time())
+    later, replayed = both(reader, url(files["pdf"]))
+    assert replayed == 1
+    assert header(later, "Last-Modified") == header(first, "Last-Modified")
+    # The replayed answer carries its own time, not the noted one's.
+    for name in TIMED:
+        assert parsedate_to_datetime(header(later, name)).timestamp() >= asked_at
+    # So a browser's revalidation by date still finds the file unchanged.
+    since = header(first, "Last-Modified")
+    assert reader.ask(app, url(files["pdf"]), If_Modified_Since=since)[0].startswith("304")
+
+
+OTHER_REQUESTS = {
+    "a range": ({"Range": "bytes=0-9"}, "", "206"),
+    "a revalidation by ETag": ({"If_None_Match": "*"}, "", "304"),
+    "a revalidation by date": ({"If_Modified_Since": "Sun, 01 Jan 2090 00:00:00 GMT"}, "", "304"),
+    "a query (inline)": ({}, "?inline=1", "200"),
+    "another query": ({}, "?x=1", "200"),
+}
+
+
+@pytest.mark.parametrize("kind", OTHER_REQUESTS)
+def test_ranges_revalidations_and_queries_go_through_flask(app, files, kind):
+    reader = participant(app)
+    both(reader, url(files["pdf"]))
+    headers, query, status = OTHER_REQUESTS[kind]
+    for _ in range(2):
+        answer, replayed = both(reader, url(files["pdf"]) + query, **headers)
+        assert replayed == 0
+        assert answer[0].startswith(status)
+
+
+def test_heads_unknown_documents_and_odd_paths_go_through_flask(app, files):
+    reader = participant(app)
+    both(reader, url(files["pdf"]))
+    pdf = files["pdf"]
+    for method, path, status in (
+        ("HEAD", url(pdf), "200"),
+        ("GET", "/documents/999999/nothing.pdf", "404"),
+        ("GET", f"/documents/0{pdf.id}/support.pdf", "200"),
+        ("GET", f"/documents/{pdf.id}/support.pdf/", "404"),
+    ):
+        answer, replayed = both(reader, path, method)
+        assert replayed == 0
+        assert answer[0].startswith(status)
+    # The name in the address is not checked, by either path.
+    answer, replayed = both(reader, f"/documents/{pdf.id}/autre-nom.pdf")
+    assert replayed == 1 and answer[0] == "200 OK"
+
+
+def _deleted(app: Flask, document: Document) -> None:
+    with app.app_context():
+        delete_document(db.session.get(Document, document.id))
+        db.session.remove()
+
+
+def _replaced(app: Flask, document: Document) -> None:
+    with app.app_context():
+        replace_document(
+            db.session.get(Document, document.id), io.BytesIO(b"%PDF-1.4\nversion 2\n"), "v2.pdf"
+        )
+        db.session.remove()
+
+
+def _new_password(app: Flask, document: Document) -> None:
+    with app.app_context():
+        set_shared_password(SHARED_PASSWORD + "-2")
+        db.session.remove()
+
+
+def _file_damaged(app: Flask, document: Document) -> None:
+    storage = app.extensions["portal.storage"]
+    storage.local_path(document.storage_key).write_bytes(b"%PDF")
+
+
+CHANGES = {
+    "the document deleted": (_deleted, "404", 0),
+    "the document's file replaced": (_replaced, "200", 1),
+    "the shared password changed": (_new_password, "302", 0),
+    "the stored file damaged": (_file_damaged, "503", 0),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_after_a_change_the_answer_follows_it(app, files, change):
+    reader = participant(app)
+    pdf = files["pdf"]
+    both(reader, url(files["image"]))
+    assert both(reader, url(pdf))[1] == 1
+    apply, status, replayed_after = CHANGES[change]
+    apply(app, pdf)
+    answer, replayed = both(reader, url(pdf))
+    assert answer[0].startswith(status)
+    assert replayed == replayed_after
+    if change == "the document's file replaced":
+        assert answer[2] == b"%PDF-1.4\nversion 2\n"
+        assert header(answer, "Content-Disposition") == "attachment; filename=v2.pdf"
+
+
+def test_facilitators_and_sessions_flask_rewrites_are_never_noted(app, files):
+    client = app.test_client()
+    assert login(client).status_code == 303
+    facilitator = Visitor(app, f"portal_session={client.get_cookie('portal_session').value}")
+    reader = participant(app)
+    stranger = Visitor(app, reader.cookie)
+    stranger.user_agent = "Mozilla/5.0 (autre navigateur)"  # session protection: Set-Cookie
+    for asker in (facilitator, stranger):
+        for document in files.values():
+            answer, replayed = both(asker, url(document))
+            assert answer[0] == "200 OK" and replayed == 0
+    assert len(replay_of(app).clients) == 0
+    # Nor is the cookie's owner's noted answer given to another browser, or address.
+    assert both(reader, url(files["pdf"]))[1] == 0
+    assert both(reader, url(files["pdf"]))[1] == 1
+    elsewhere = Visitor(app, reader.cookie)
+    elsewhere.address = "198.51.100.7"
+    for asker in (stranger, elsewhere):
+        answer, replayed = both(asker, url(files["pdf"]))
+        assert replayed == 0 and header(answer, "Set-Cookie")
+
+
+def test_behind_nginx_the_answer_names_the_file_for_nginx(app_config, files):
+    with app_variant(app_config, ACCEL_REDIRECT="/protected/") as proxied:
+        reader = participant(proxied)
+        both(reader, url(files["pdf"]))
+        answer, replayed = both(reader, url(files["text"]))
+        assert replayed == 1
+        assert header(answer, "X-Accel-Redirect") == f"/protected/{files['text'].storage_key}"
+        assert header(answer, "Content-Length") == "0" and answer[2] == b""
+        assert header(answer, "Content-Type") == "text/plain; charset=utf-8"
+
+
+def test_a_count_that_cannot_be_written_gets_the_503_page(app, files, monkeypatch):
+    reader = participant(app)
+    both(reader, url(files["pdf"]))
+    assert both(reader, url(files["pdf"]))[1] == 1
+
+    def refused(engine: Any, counts: Any) -> None:
+        raise DBAPIError("UPDATE", None, OSError("disk I/O error"))
+
+    monkeypatch.setattr(download_counts, "_write", refused)
+    answer, replayed = both(reader, url(files["pdf"]))
+    assert replayed == 0
+    assert answer[0].startswith("503")
+
+
+def test_downloads_at_once_are_counted_in_few_transactions(app, files, monkeypatch):
+    written: list[int] = []
+    real_write = download_counts._write
+
+    def slow_write(engine: Any, batch: Any) -> None:
+        time.sleep(0.02)  # long enough for the other threads to queue behind this batch
+        written.append(sum(batch.values()))
+        real_write(engine, batch)
+
+    monkeypatch.setattr(download_counts, "_write", slow_write)
+    counter = DownloadCounter()
+    pdf, text = files["pdf"].id, files["text"].id
+    engine = _engine(app)
+
+    def download(n: int) -> None:
+        for i in range(n):
+            counter.add(engine, pdf if i % 2 else text)
+
+    threads = [threading.Thread(target=download, args=(20,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(written) == 160
+    assert len(written) < 160 / 2
+    assert counts(app) == {"support.pdf": 80, "Compte-rendu été – n°1.txt": 80, "photo.png": 0}
+
+
+def test_every_download_of_a_failed_batch_gets_its_error_and_the_next_batch_is_written(
+    app, files, monkeypatch
+):
+    real_write = download_counts._write
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def first_fails(engine: Any, batch: Any) -> None:
+        calls.append(sum(batch.values()))
+        if len(calls) == 1:
+            started.set()
+            release.wait(5)
+            raise DBAPIError("UPDATE", None, OSError("disk I/O error"))
+        real_write(engine, batch)
+
+    monkeypatch.setattr(download_counts, "_write", first_fails)
+    counter = DownloadCounter()
+    engine, pdf = _engine(app), files["pdf"].id
+    outcomes: list[str] = []
+
+    def download() -> None:
+        try:
+            counter.add(engine, pdf)
+            outcomes.append("counted")
+        except DBAPIError:
+            outcomes.append("error")
+
+    leader = threading.Thread(target=download)
+    leader.start()
+    assert started.wait(5)
+    # These wait for the failing batch to end, then are written together.
+    followers = [threading.Thread(target=download) for _ in range(4)]
+    for thread in followers:
+        thread.start()
+    time.sleep(0.1)
+    release.set()
+    for thread in [leader, *followers]:
+        thread.join(5)
+    assert sorted(outcomes) == ["counted"] * 4 + ["error"]
+    assert calls == [1, 4]
+    assert counts(app)["support.pdf"] == 4
+
+
+def _engine(app: Flask) -> Any:
+    with app.app_context():
+        return db.engine
+
+
+def test_participants_share_one_copy_of_the_noted_headers(app, files):
+    readers = [participant(app) for _ in range(3)]
+    for reader, document in zip(readers, files.values(), strict=True):
+        both(reader, url(document))
+    noted = [replay_of(app).clients.get(key) for key in replay_of(app).clients]
+    assert len(noted) == 3
+    assert noted[0].headers is noted[1].headers is noted[2].headers
