@@ -8,14 +8,17 @@ a request costs several times what the page cache itself needs (``bench/run.py``
 When the page cache answers a request (``page_cache._answer``), the answer is noted under
 a key made of every part of the request that the way through Flask reads for such a page:
 path and query, host and scheme, the whole Cookie header (session, language), the
-languages the browser accepts, ``If-None-Match``, and the address and user agent that
-Flask-Login's session protection hashes. When exactly the same request comes again, the
+languages and encodings the browser accepts, ``If-None-Match``, and the address and user
+agent that Flask-Login's session protection hashes. When exactly the same request comes again, the
 same answer is given only if everything else it depended on still holds, checked as the
 Flask path checks it: the session cookie is still young enough; the event, read from the
 database as on every request, still admits this participant (same password version,
 window open); the page cache holds the same page for the current content version; the
 secret keys have not changed. Anything else, and every request that is not a GET with a
-cookie, goes through Flask. Nothing here writes anything.
+cookie, goes through Flask.
+
+A participant's downloads after the first one are answered the same way, by the request
+parts but the path (``portal.download_replay``): the only thing written here is their count.
 
 Only answers that set no cookie are noted, so a request whose session Flask would have
 changed (flashed messages, Flask-Login's session protection, a language chosen in the
@@ -50,6 +53,7 @@ REQUEST_PARTS = (
     "wsgi.url_scheme",
     "HTTP_COOKIE",
     "HTTP_ACCEPT_LANGUAGE",
+    "HTTP_ACCEPT_ENCODING",
     "HTTP_IF_NONE_MATCH",
     "HTTP_USER_AGENT",
     "REMOTE_ADDR",
@@ -78,6 +82,8 @@ class Noted:
     headers: list[tuple[str, str]]
     #: Where Content-Length is in ``headers`` (given again for the body sent).
     length_at: int | None
+    #: The page was sent gzipped.
+    gzipped: bool
 
 
 @dataclass(frozen=True)
@@ -150,8 +156,10 @@ class Replay:
             if answered is not None:
                 names = [name.lower() for name, _ in headers]
                 length_at = names.index("content-length") if "content-length" in names else None
+                gzipped = "content-encoding" in names
                 self.noted.put(
-                    key, Noted(answered, signed_at, settings, status, list(headers), length_at)
+                    key,
+                    Noted(answered, signed_at, settings, status, list(headers), length_at, gzipped),
                 )
             elif document_id is not None and SENT_FILE in environ and status.startswith("200"):
                 sent_to = environ[SENT_FILE]
@@ -205,8 +213,12 @@ class Replay:
         entry = pages.get(page_key, dt.datetime.now(dt.UTC))
         if entry is None or entry.tag != noted.answered.tag:
             return None
-        with_body = noted.status.startswith("200")
-        body = entry.body.replace(PLACEHOLDER, noted.answered.token) if with_body else b""
+        body: bytes | None = b""
+        if noted.status.startswith("200"):
+            token = noted.answered.token
+            body = entry.gzipped if noted.gzipped else entry.body.replace(PLACEHOLDER, token)
+        if body is None:
+            return None
         headers = list(noted.headers)
         if noted.length_at is not None:
             headers[noted.length_at] = (headers[noted.length_at][0], str(len(body)))

@@ -73,10 +73,8 @@ TEST_DATABASE_URL = (
 )
 
 CSRF_PATTERN = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
-#: The sign-out form's token on a participant's page.
-LEAVE_TOKEN = re.compile(
-    r'action="/leave"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"'
-)
+#: A form token as a page with a form holds it (``form.hidden_tag()``).
+FORM_PAGE = "/with-form"
 
 # A tiny but real PDF, PNG and JPEG header for upload tests.
 PDF_BYTES = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
@@ -212,6 +210,37 @@ def fresh_app(config: dict[str, Any]) -> Iterator[Flask]:
 def app_variant(app_config: dict, **settings: Any):  # type: ignore[no-untyped-def]
     """A second app on the test instance, with other settings; its connections closed after."""
     return fresh_app({**app_config, **settings})
+
+
+@contextmanager
+def app_with_form_page(app_config: dict, **settings: Any) -> Iterator[Flask]:
+    """An app with one more participant page, cached, holding a form and its token.
+
+    The portal's own participant pages hold none (their "Leave" is a link), so they may be
+    sent compressed; the page cache must still keep each session's token to its session
+    should a page ever hold one.
+    """
+    from flask import render_template_string
+
+    from portal.access import unlocked_required
+    from portal.page_cache import cached_page, window
+
+    def with_form() -> str:
+        window([], dt.datetime.now(dt.UTC))
+        return render_template_string(
+            '<form method="post" action="/leave"><input id="csrf_token" name="csrf_token"'
+            ' type="hidden" value="{{ csrf_token() }}"></form>' + "<p>page</p>" * 200
+        )
+
+    with app_variant(app_config, **settings) as application:
+        view = unlocked_required(cached_page()(with_form))
+        application.add_url_rule(FORM_PAGE, "with_form", view)
+        yield application
+
+
+def leave_token(client: FlaskClient) -> str:
+    """The token of the form that signs a participant out (on the "Leave" page)."""
+    return csrf_token(client, "/leave")
 
 
 @pytest.fixture

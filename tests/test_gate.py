@@ -7,7 +7,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import CSRF_PATTERN, LEAVE_TOKEN, SHARED_PASSWORD, csrf_token, login, unlock
+from conftest import CSRF_PATTERN, SHARED_PASSWORD, csrf_token, leave_token, login, unlock
 
 from portal import create_app
 from portal.extensions import db
@@ -314,11 +314,22 @@ def test_old_password_stops_working_after_rotation(app, client):
 
 def test_leave_signs_the_participant_out(participant):
     page = participant.get("/").get_data(as_text=True)
-    token = LEAVE_TOKEN.search(page).group(1)
-    response = participant.post("/leave", data={"csrf_token": token})
+    # A link to a page that asks to confirm: the programme itself holds no form token.
+    assert 'href="/leave"' in page and "csrf_token" not in page
+    confirm = participant.get("/leave", headers={"Accept-Language": "fr"})
+    assert confirm.status_code == 200
+    assert "Quitter le portail\u00a0?" in confirm.get_data(as_text=True)
+    assert is_unlocked(participant)  # asking is not leaving
+    response = participant.post("/leave", data={"csrf_token": leave_token(participant)})
     assert response.status_code == 303
     assert urlsplit(response.headers["Location"]).path == "/access"
     assert not is_unlocked(participant)
+
+
+def test_the_leave_page_sends_everyone_else_to_the_gate(client):
+    response = client.get("/leave")
+    assert response.status_code == 302
+    assert urlsplit(response.headers["Location"]).path == "/access"
 
 
 def test_leave_without_csrf_token_gets_400_and_keeps_the_participant_inside(participant):

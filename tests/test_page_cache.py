@@ -7,24 +7,28 @@ made through one is visible on the very next request to the other.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import io
 import time
 
 import pytest
 from conftest import (
     ADMIN_EMAIL,
-    LEAVE_TOKEN,
+    CSRF_PATTERN,
+    FORM_PAGE,
     PDF_BYTES,
     SHARED_PASSWORD,
     app_variant,
+    app_with_form_page,
     csrf_token,
+    leave_token,
     login,
     unlock,
 )
 from flask import Flask
 from sqlalchemy import event as sqlalchemy_event
 
-from portal import content_version, create_app
+from portal import content_version, create_app, page_cache
 from portal.content_version import _STATE, EventState, event_state
 from portal.extensions import db
 from portal.models import Document, Event, Meeting, Tag
@@ -339,48 +343,65 @@ def test_a_page_with_a_flashed_message_is_neither_served_from_nor_kept_in_the_ca
     assert "Un message pour vous seul" not in page(other)
 
 
-def test_each_participant_gets_a_leave_token_valid_for_their_own_session(app, make_document):
+def test_participants_pages_hold_no_form_token_and_are_the_same_for_all(app, make_document):
     make_document(title="Commun")
     first, second = new_participant(app), new_participant(app)
     first_page, second_page = page(first), page(second)
     assert len(cache_of(app)) == 1  # one rendering, two readers
-    assert PLACEHOLDER.decode() not in first_page
-    first_token = LEAVE_TOKEN.search(first_page).group(1)
-    second_token = LEAVE_TOKEN.search(second_page).group(1)
+    assert first_page == second_page
+    assert "csrf_token" not in first_page
+    # Each one's "Leave" form (on its own page) holds a token for that session alone.
+    first_token, second_token = leave_token(first), leave_token(second)
     assert first_token != second_token
-    # Someone else's token does not let a form through.
     second.post("/leave", data={"csrf_token": first_token})
     assert second.get("/").status_code == 200
-    for client, token in ((first, first_token), (second, second_token)):
-        assert client.post("/leave", data={"csrf_token": token}).status_code == 303
-        assert client.get("/").status_code == 302  # back at the gate: the token was valid
 
 
-def test_a_sessions_form_token_is_signed_once_and_stays_valid(app, make_document, monkeypatch):
-    make_document(title="Commun")
-    reader = new_participant(app)
-    first_page = page(reader)
-    # A second later Flask-WTF would sign the same session token differently (its
-    # signature carries the time): the page keeps the signature made the first time.
-    clock = time.time()
-    monkeypatch.setattr(time, "time", lambda: clock + 5)
-    again = page(reader)
-    monkeypatch.undo()
-    token = LEAVE_TOKEN.search(first_page).group(1)
-    assert LEAVE_TOKEN.search(again).group(1) == token
-    assert len(app.extensions["portal.signed_tokens"]._signed) == 1
-    assert reader.post("/leave", data={"csrf_token": token}).status_code == 303
-    assert reader.get("/").status_code == 302
+def test_each_participant_gets_a_form_token_valid_for_their_own_session(app, app_config):
+    with app_with_form_page(app_config) as formed:
+        first, second = new_participant(formed), new_participant(formed)
+        first_page, second_page = page(first, FORM_PAGE), page(second, FORM_PAGE)
+        assert len(cache_of(formed)) == 1  # one rendering, two readers
+        assert PLACEHOLDER.decode() not in first_page
+        first_token = CSRF_PATTERN.search(first_page).group(1)
+        second_token = CSRF_PATTERN.search(second_page).group(1)
+        assert first_token != second_token
+        # Someone else's token does not let a form through.
+        second.post("/leave", data={"csrf_token": first_token})
+        assert second.get("/").status_code == 200
+        for client, token in ((first, first_token), (second, second_token)):
+            assert client.post("/leave", data={"csrf_token": token}).status_code == 303
+            assert client.get("/").status_code == 302  # back at the gate: the token was valid
+        # A page holding a token is never compressed (BREACH).
+        reader = new_participant(formed)
+        answer = reader.get(FORM_PAGE, headers={"Accept-Encoding": "gzip"})
+        assert "Content-Encoding" not in answer.headers
 
 
-def test_with_a_time_limit_on_form_tokens_none_is_kept(app, app_config, make_document):
-    make_document(title="Commun")
-    with app_variant(app_config, WTF_CSRF_TIME_LIMIT=3600) as limited:
+def test_a_sessions_form_token_is_signed_once_and_stays_valid(app, app_config, monkeypatch):
+    with app_with_form_page(app_config) as formed:
+        reader = new_participant(formed)
+        first_page = page(reader, FORM_PAGE)
+        # A second later Flask-WTF would sign the same session token differently (its
+        # signature carries the time): the page keeps the signature made the first time.
+        clock = time.time()
+        monkeypatch.setattr(time, "time", lambda: clock + 5)
+        again = page(reader, FORM_PAGE)
+        monkeypatch.undo()
+        token = CSRF_PATTERN.search(first_page).group(1)
+        assert CSRF_PATTERN.search(again).group(1) == token
+        assert len(formed.extensions["portal.signed_tokens"]._signed) == 1
+        assert reader.post("/leave", data={"csrf_token": token}).status_code == 303
+        assert reader.get("/").status_code == 302
+
+
+def test_with_a_time_limit_on_form_tokens_none_is_kept(app, app_config):
+    with app_with_form_page(app_config, WTF_CSRF_TIME_LIMIT=3600) as limited:
         reader = new_participant(limited)
-        page(reader)
-        page(reader)
+        page(reader, FORM_PAGE)
+        page(reader, FORM_PAGE)
         assert len(limited.extensions["portal.signed_tokens"]._signed) == 0
-        token = LEAVE_TOKEN.search(page(reader)).group(1)
+        token = CSRF_PATTERN.search(page(reader, FORM_PAGE)).group(1)
         assert reader.post("/leave", data={"csrf_token": token}).status_code == 303
 
 
@@ -425,9 +446,8 @@ def test_an_etag_is_not_valid_across_participants_or_a_second_unlock(app):
     first, second = new_participant(app), new_participant(app)
     etag = first.get("/").headers["ETag"]
     assert second.get("/", headers={"If-None-Match": etag}).status_code == 200
-    # Leaving and coming back starts a new session, with a new token in the page.
-    token = LEAVE_TOKEN.search(page(first)).group(1)
-    first.post("/leave", data={"csrf_token": token})
+    # Leaving and coming back starts a new session.
+    first.post("/leave", data={"csrf_token": leave_token(first)})
     unlock(first, SHARED_PASSWORD)
     assert first.get("/", headers={"If-None-Match": etag}).status_code == 200
 
@@ -495,3 +515,46 @@ def test_a_cached_preview_keeps_its_own_content_security_policy(app, make_docume
         assert response.status_code == 200
         assert "object-src 'self'" in response.headers["Content-Security-Policy"]
         assert int(response.headers["Content-Length"]) == len(response.data)
+
+
+# --- compressed ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accepted", "gzipped"),
+    [
+        ("gzip, deflate, br, zstd", True),
+        ("*", True),
+        ("gzip;q=0, br", False),
+        ("identity", False),
+        (None, False),
+    ],
+)
+def test_pages_go_gzipped_to_browsers_that_accept_it(app, make_document, accepted, gzipped):
+    make_document(title="Commun")
+    reader = new_participant(app)
+    plain = reader.get("/")
+    headers = {"Accept-Encoding": accepted} if accepted else {}
+    for _ in range(2):  # rendered, then from the cache
+        answer = reader.get("/", headers=headers)
+        assert answer.status_code == 200
+        assert "Accept-Encoding" in answer.headers["Vary"]
+        if gzipped:
+            assert answer.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(answer.data) == plain.data
+            assert len(answer.data) * 2 < len(plain.data)
+            assert int(answer.headers["Content-Length"]) == len(answer.data)
+            # Its own validator: a browser revalidates the representation it holds.
+            assert answer.headers["ETag"] != plain.headers["ETag"]
+        else:
+            assert "Content-Encoding" not in answer.headers
+            assert answer.data == plain.data
+        etag = answer.headers["ETag"]
+        again = reader.get("/", headers={**headers, "If-None-Match": etag})
+        assert again.status_code == 304
+
+
+def test_a_short_page_is_sent_as_it_is(app):
+    assert page_cache.compressed(b"<p>court</p>") is None
+    assert page_cache.compressed(b"x" * 5000) is not None
+    assert page_cache.compressed(b"x" * 5000 + page_cache.PLACEHOLDER) is None

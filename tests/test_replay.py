@@ -9,14 +9,17 @@ whether it answered.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import time
 from typing import Any
 
 import pytest
 from conftest import (
-    LEAVE_TOKEN,
+    CSRF_PATTERN,
+    FORM_PAGE,
     SHARED_PASSWORD,
     app_variant,
+    app_with_form_page,
     login,
     unlock,
 )
@@ -123,16 +126,17 @@ def test_the_same_request_again_gets_the_same_answer_without_flask(app, content,
     assert visitor.both(url, If_None_Match=etag) == (not_modified, 1)
 
 
-def test_a_replayed_pages_form_token_still_works(app, content):
-    client = app.test_client()
-    assert unlock(client).status_code == 303
-    client.get("/")
-    answered = replay_of(app).answered
-    page = client.get("/").get_data(as_text=True)
-    assert replay_of(app).answered == answered + 1
-    token = LEAVE_TOKEN.search(page).group(1)
-    assert client.post("/leave", data={"csrf_token": token}).status_code == 303
-    assert client.get("/").status_code == 302  # signed out: back to the gate
+def test_a_replayed_pages_form_token_still_works(app, app_config, content):
+    with app_with_form_page(app_config) as formed:
+        client = formed.test_client()
+        assert unlock(client).status_code == 303
+        client.get(FORM_PAGE)
+        answered = replay_of(formed).answered
+        page = client.get(FORM_PAGE).get_data(as_text=True)
+        assert replay_of(formed).answered == answered + 1
+        token = CSRF_PATTERN.search(page).group(1)
+        assert client.post("/leave", data={"csrf_token": token}).status_code == 303
+        assert client.get("/").status_code == 302  # signed out: back to the gate
 
 
 def _new_document(app: Flask, make_document: Any) -> None:
@@ -425,3 +429,16 @@ def test_an_answer_given_while_the_keys_changed_is_not_noted(app, content, monke
     answer, replayed = visitor.both("/")
     assert replayed == 0
     assert answer[0] == "302 FOUND"  # the new key does not know this cookie
+
+
+def test_a_gzipped_page_is_replayed_gzipped_and_only_to_the_same_request(app, content):
+    visitor = participant(app)
+    visitor.headers = {"Accept-Encoding": "gzip, deflate, br"}
+    first, replayed = visitor.both("/")
+    assert header(first, "Content-Encoding") == "gzip" and replayed == 0
+    assert visitor.both("/") == (first, 1)
+    # Another Accept-Encoding is another request: the page as it is, through Flask.
+    visitor.headers = {"Accept-Encoding": "identity"}
+    plain, replayed = visitor.both("/")
+    assert replayed == 0 and header(plain, "Content-Encoding") is None
+    assert gzip.decompress(first[2]) == plain[2]

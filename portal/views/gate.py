@@ -7,7 +7,7 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import current_user, logout_user
 
-from ..access import Participant, grant, safe_next
+from ..access import Participant, grant, safe_next, unlocked_required
 from ..forms import AccessForm, EmptyForm
 from ..ratelimit import GATE_FAILURES, client_key, password_check
 from ..services.accounts import check_shared_password
@@ -41,6 +41,13 @@ def access() -> ResponseReturnValue:
         return render_template("gate/access.html", form=form, next_url=next_url), 401
     status = 400 if request.method == "POST" else 200
     return render_template("gate/access.html", form=form, next_url=next_url), status
+
+
+@bp.get("/leave")
+@unlocked_required
+def confirm_leave() -> ResponseReturnValue:
+    """Ask to confirm: the form and its token live on this page, not on every page."""
+    return render_template("gate/leave.html", form=EmptyForm())
 
 
 @bp.post("/leave")

@@ -76,6 +76,7 @@ PAGES: list[tuple[str, str, Any, str | None, int]] = [
     ("preview-pdf", "participant", preview_of("programme-session-nationale-2020.pdf"), None, 200),
     ("preview-image", "participant", preview_of("bandeau-egm.png"), None, 200),
     ("preview-refused", "participant", refused_preview, None, 404),
+    ("leave", "participant", "/leave", None, 200),
     ("manage", "admin", "/manage", None, 200),
     ("manage-upload", "admin", "/manage/upload", None, 200),
     ("manage-new-session", "admin", "/manage/sessions/new", None, 200),
@@ -136,7 +137,15 @@ def act(page: Any, action: str | None, live_portal: Any) -> None:
 #: Every page on a desktop in both languages; the participants' pages on a phone too (French,
 #: their usual case). Wrong passwords only on the desktop: each one counts toward the gate's
 #: rate limit, which the live portal shares between every browser test.
-PHONE_PAGES = {"gate", "programme", "programme-filtered", "session", "preview-pdf", "preview-image"}
+PHONE_PAGES = {
+    "gate",
+    "programme",
+    "programme-filtered",
+    "session",
+    "preview-pdf",
+    "preview-image",
+    "leave",
+}
 CASES = [
     pytest.param(*page, lang, "desktop", id=f"{page[0]}-{lang}-desktop")
     for page in PAGES

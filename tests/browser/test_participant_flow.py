@@ -85,6 +85,29 @@ def test_gate_refuses_a_wrong_password_then_opens_the_programme(browser, live_po
     context.close()
 
 
+@pytest.mark.parametrize("device", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_leaving_asks_to_confirm_then_closes_the_portal_on_this_device(
+    browser, live_portal, device
+):
+    context = new_context(browser, live_portal, device)
+    page = context.new_page()
+    unlock(page, live_portal.shared_password)
+    # Pages arrive gzipped: the browser shows them all the same.
+    with page.expect_response(lambda r: r.url.endswith("/")) as programme:
+        page.goto("/")
+    assert programme.value.headers.get("content-encoding") == "gzip"
+    page.get_by_role("link", name="Quitter").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Quitter le portail\u00a0?")
+    page.get_by_role("link", name="Retour au programme").click()
+    page.wait_for_url(lambda url: url.endswith("/"))  # changed their mind: still inside
+    page.get_by_role("link", name="Quitter").click()
+    page.get_by_role("button", name="Quitter").click()
+    page.wait_for_url(lambda url: "/access" in url)
+    page.goto("/")
+    assert "/access" in page.url
+    context.close()
+
+
 def test_programme_is_grouped_by_day_with_times_in_the_event_zone(
     browser, live_portal, participant_state
 ):

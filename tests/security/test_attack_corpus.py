@@ -1022,6 +1022,7 @@ def test_reflected_markup_in_the_address_is_never_rendered(app, url):
 
 READ_ROUTES = [
     "/",
+    "/leave",
     "/sessions/{slug}",
     "/documents/{doc}/support.pdf",
     "/documents/{doc}/support.pdf?inline=1",
@@ -1207,7 +1208,8 @@ MUTATIONS = [
         post_only=False,
     ),
     Mutation("logout", "/logout", "facilitator", lambda w: {}, post_only=True),
-    Mutation("leave", "/leave", "participant", lambda w: {}, post_only=True),
+    # GET /leave only shows the confirmation page.
+    Mutation("leave", "/leave", "participant", lambda w: {}, post_only=False),
     Mutation("upload", "/manage/upload", "facilitator", _pdf_upload, post_only=False),
     Mutation(
         "edit-document",

@@ -26,9 +26,11 @@ from conftest import (
     ACCOUNT_PASSWORD,
     ADMIN_EMAIL,
     FACILITATOR_EMAIL,
+    FORM_PAGE,
     PDF_BYTES,
     SHARED_PASSWORD,
     app_variant,
+    app_with_form_page,
     csrf_token,
     login,
     unlock,
@@ -514,18 +516,15 @@ def test_sessions_holding_messages_are_checked_every_time(app):
     assert all(value != cookie for _, value in app.session_interface._verified)
 
 
-def test_form_tokens_follow_a_new_secret_key(app):
+def test_form_tokens_follow_a_new_secret_key(app, app_config):
     """Flask-WTF checks tokens with the current key alone: none signed before may be shown."""
-    reader = app.test_client()
-    assert unlock(reader).status_code == 303
-    assert reader.get("/").status_code == 200  # a token signed with the first key, kept
-    old_key = app.secret_key
-    try:
-        app.secret_key = "a-rotated-secret-key"
-        app.config["SECRET_KEY_FALLBACKS"] = [old_key]  # the session cookie stays valid
-        page = reader.get("/").get_data(as_text=True)
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    with app_with_form_page(app_config) as formed:
+        reader = formed.test_client()
+        assert unlock(reader).status_code == 303
+        assert reader.get(FORM_PAGE).status_code == 200  # a token signed with the first key
+        old_key = formed.secret_key
+        formed.secret_key = "a-rotated-secret-key"
+        formed.config["SECRET_KEY_FALLBACKS"] = [old_key]  # the session cookie stays valid
+        page = reader.get(FORM_PAGE).get_data(as_text=True)
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
         assert reader.post("/leave", data={"csrf_token": token}).status_code == 303
-    finally:
-        app.secret_key = old_key
-        app.config["SECRET_KEY_FALLBACKS"] = []
