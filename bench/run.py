@@ -21,6 +21,7 @@ import argparse
 import concurrent.futures
 import copy
 import datetime as dt
+import gzip
 import html
 import http.client
 import json
@@ -329,8 +330,13 @@ def free_port() -> int:
 # --- a tiny browser -------------------------------------------------------------------------------
 
 
-#: What every simulated browser sends besides its cookies.
-BROWSER_HEADERS = {"Accept-Language": "fr", "User-Agent": "portal-bench"}
+#: What every simulated browser sends besides its cookies (Accept-Encoding as Chromium
+#: sends it: the portal then sends its pages gzipped, copyparty and nginx as they are).
+BROWSER_HEADERS = {
+    "Accept-Language": "fr",
+    "User-Agent": "portal-bench",
+    "Accept-Encoding": "gzip, deflate, br, zstd",
+}
 
 
 class Browser:
@@ -390,6 +396,8 @@ class Browser:
                 self.cookies[name] = morsel.value
         if response.will_close:
             self.close()
+        if response.headers.get("Content-Encoding") == "gzip":
+            data = gzip.decompress(data)
         return response.status, response.headers, data
 
 
