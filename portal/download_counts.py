@@ -11,6 +11,7 @@ colliding made the threads queue for the lock (``bench/run.py`` W2).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import Counter
 
@@ -68,15 +69,26 @@ class DownloadCounter:
                 self._changed.release()
                 try:
                     _write(engine, batch.counts)
-                except BaseException as error:  # noqa: BLE001 - handed to every waiter
+                except BaseException as error:
+                    # Whatever stopped the write, nobody in this batch was counted.
                     batch.error = error
+                    raise
                 finally:
                     self._changed.acquire()
                     batch.done = True
                     self._writing = False
                     self._changed.notify_all()
         if batch.error is not None:
-            raise batch.error
+            # Each waiter raises its own copy: one exception raised in several threads at
+            # once would collect all their tracebacks.
+            raise _copy_of(batch.error) from batch.error
+
+
+def _copy_of(error: BaseException) -> BaseException:
+    try:
+        return copy.copy(error)
+    except Exception:  # noqa: BLE001 - an exception that cannot be copied
+        return RuntimeError(f"download not counted: {error!r}")
 
 
 def _write(engine: Engine, counts: Counter[int]) -> None:

@@ -51,6 +51,22 @@ OWN = TIMED | {
     "etag",
     "x-accel-redirect",
 }
+#: Headers the same for every document's answer (those send_file, the security headers and
+#: the session set). An answer with any other is not noted: it might belong to its document.
+SHARED = frozenset(
+    {
+        "cache-control",
+        "accept-ranges",
+        "content-security-policy",
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+        "cross-origin-opener-policy",
+        "permissions-policy",
+        "strict-transport-security",
+        "vary",
+    }
+)
 #: Different templates kept at most (one per set of settings, in practice).
 MAX_TEMPLATES = 64
 
@@ -58,7 +74,9 @@ MAX_TEMPLATES = 64
 def plain_download(environ: dict[str, Any]) -> int | None:
     """The document id of a plain download request, else None."""
     found = DOWNLOAD_PATH.fullmatch(environ.get("PATH_INFO", ""))
-    if found is None or environ.get("QUERY_STRING") or environ.get("CONTENT_LENGTH", "0") != "0":
+    if found is None or environ.get("QUERY_STRING"):
+        return None
+    if environ.get("CONTENT_LENGTH") not in (None, "", "0"):
         return None
     if any(name in environ for name in OTHER_ANSWER):
         return None
@@ -87,7 +105,7 @@ def _facts(row: Any) -> Facts:
 
 
 class DocumentIndex:
-    """Every document's facts, for one content version at a time."""
+    """Every document's facts, for the newest content version seen."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -95,12 +113,21 @@ class DocumentIndex:
         self._facts: dict[int, Facts] = {}
 
     def get(self, engine: Engine, content_version: int, document_id: int) -> Facts | None:
-        """The document's facts as of ``content_version`` or later; None if there is none."""
+        """The document's facts as of ``content_version`` or later; None if there is none.
+
+        A request that read an older version than the index's gets None (Flask answers it).
+        The table is read outside the lock: a reload never holds up the other downloads.
+        """
         with self._lock:
-            if self._version != content_version:
-                self._facts = self._load(engine)
-                self._version = content_version
-            return self._facts.get(document_id)
+            version, facts = self._version, self._facts
+        if version is not None and content_version < version:
+            return None
+        if content_version != version:
+            facts = self._load(engine)  # read after the version: never older than it
+            with self._lock:
+                if self._version is None or content_version > self._version:
+                    self._version, self._facts = content_version, facts
+        return facts.get(document_id)
 
     @staticmethod
     def _load(engine: Engine) -> dict[int, Facts]:
@@ -124,12 +151,15 @@ _templates: dict[Template, Template] = {}
 _templates_lock = threading.Lock()
 
 
-def template(headers: list[tuple[str, str]]) -> Template:
+def template(headers: list[tuple[str, str]]) -> Template | None:
     """The headers of an answer sending a file, with its document's and its time's left out.
 
-    Participants get the same template: one copy is kept for them all.
+    None when the answer has a header that is neither known to be shared nor the
+    document's own. Participants get the same template: one copy is kept for them all.
     """
     names = {name.lower() for name, _ in headers}
+    if not names <= SHARED | OWN:
+        return None
     # Behind nginx (X-Accel-Redirect) the answer has no body: its length stays 0.
     own = OWN - {"content-length"} if "x-accel-redirect" in names else OWN
     found = tuple((name, None if name.lower() in own else value) for name, value in headers)

@@ -162,8 +162,10 @@ class Replay:
                     Noted(answered, signed_at, settings, status, list(headers), length_at, gzipped),
                 )
             elif document_id is not None and SENT_FILE in environ and status.startswith("200"):
-                sent_to = environ[SENT_FILE]
-                self.clients.put(key, NotedClient(sent_to, signed_at, settings, template(headers)))
+                shared = template(headers)
+                if shared is not None:
+                    sent_to = environ[SENT_FILE]
+                    self.clients.put(key, NotedClient(sent_to, signed_at, settings, shared))
         return result
 
     @staticmethod

@@ -8,6 +8,7 @@ the answer was made, may differ, by at most a second. Each of the two counts as 
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import threading
 import time
@@ -20,10 +21,10 @@ from flask import Flask
 from sqlalchemy.exc import DBAPIError
 from test_replay import Answer, Visitor, flask_path, header, participant, replay_of
 
-from portal import download_counts
+from portal import download_counts, download_replay
 from portal.download_counts import DownloadCounter
 from portal.extensions import db
-from portal.models import Document
+from portal.models import Document, Event
 from portal.services.accounts import set_shared_password
 from portal.services.documents import delete_document, replace_document
 
@@ -167,7 +168,21 @@ def _file_damaged(app: Flask, document: Document) -> None:
     storage.local_path(document.storage_key).write_bytes(b"%PDF")
 
 
+def _window_closed(app: Flask, document: Document) -> None:
+    with app.app_context():
+        event = db.session.get(Event, 1)
+        event.access_closes = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+        db.session.commit()
+        db.session.remove()
+
+
+def _secret_key(app: Flask, document: Document) -> None:
+    app.secret_key = "another-secret-key"
+
+
 CHANGES = {
+    "the access window closed": (_window_closed, "302", 0),
+    "the secret key changed": (_secret_key, "302", 0),
     "the document deleted": (_deleted, "404", 0),
     "the document's file replaced": (_replaced, "200", 1),
     "the shared password changed": (_new_password, "302", 0),
@@ -189,6 +204,34 @@ def test_after_a_change_the_answer_follows_it(app, files, change):
     if change == "the document's file replaced":
         assert answer[2] == b"%PDF-1.4\nversion 2\n"
         assert header(answer, "Content-Disposition") == "attachment; filename=v2.pdf"
+
+
+def test_a_cookie_past_its_lifetime_goes_through_flask(app, files, monkeypatch):
+    reader = participant(app)
+    both(reader, url(files["image"]))
+    assert both(reader, url(files["pdf"]))[1] == 1
+    later = time.time() + 8 * 24 * 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    answer, replayed = both(reader, url(files["pdf"]))
+    assert replayed == 0
+    assert answer[0] == "302 FOUND" and "/access" in header(answer, "Location")
+
+
+def test_an_answer_with_a_header_of_its_own_is_never_noted(app_config, files):
+    """Only headers known to be the same for every document are replayed as they were."""
+    with app_variant(app_config) as other:
+
+        @other.after_request
+        def served_file(response: Any) -> Any:
+            if response.headers.get("Content-Disposition"):
+                response.headers["X-Served-File"] = response.headers["Content-Disposition"]
+            return response
+
+        reader = participant(other)
+        for document in (files["pdf"], files["text"], files["pdf"]):
+            answer, replayed = both(reader, url(document))
+            assert replayed == 0 and header(answer, "X-Served-File")
+        assert len(replay_of(other).clients) == 0
 
 
 def test_facilitators_and_sessions_flask_rewrites_are_never_noted(app, files):
@@ -266,47 +309,55 @@ def test_downloads_at_once_are_counted_in_few_transactions(app, files, monkeypat
     assert counts(app) == {"support.pdf": 80, "Compte-rendu été – n°1.txt": 80, "photo.png": 0}
 
 
-def test_every_download_of_a_failed_batch_gets_its_error_and_the_next_batch_is_written(
-    app, files, monkeypatch
+@pytest.mark.parametrize("failing", [1, 2])
+def test_every_download_of_a_failed_batch_gets_its_own_error_and_no_other_batch_does(
+    app, files, monkeypatch, failing
 ):
+    """Batch 1 (one download) is written while four more queue as batch 2; one fails."""
     real_write = download_counts._write
     started, release = threading.Event(), threading.Event()
     calls: list[int] = []
 
-    def first_fails(engine: Any, batch: Any) -> None:
+    def write(engine: Any, batch: Any) -> None:
         calls.append(sum(batch.values()))
         if len(calls) == 1:
             started.set()
             release.wait(5)
+        if len(calls) == failing:
             raise DBAPIError("UPDATE", None, OSError("disk I/O error"))
         real_write(engine, batch)
 
-    monkeypatch.setattr(download_counts, "_write", first_fails)
+    monkeypatch.setattr(download_counts, "_write", write)
     counter = DownloadCounter()
     engine, pdf = _engine(app), files["pdf"].id
-    outcomes: list[str] = []
+    raised: list[BaseException | None] = []
 
     def download() -> None:
         try:
             counter.add(engine, pdf)
-            outcomes.append("counted")
-        except DBAPIError:
-            outcomes.append("error")
+            raised.append(None)
+        except DBAPIError as error:
+            raised.append(error)
 
-    leader = threading.Thread(target=download)
-    leader.start()
+    first = threading.Thread(target=download)
+    first.start()
     assert started.wait(5)
-    # These wait for the failing batch to end, then are written together.
-    followers = [threading.Thread(target=download) for _ in range(4)]
-    for thread in followers:
+    queued = [threading.Thread(target=download) for _ in range(4)]
+    for thread in queued:
         thread.start()
     time.sleep(0.1)
     release.set()
-    for thread in [leader, *followers]:
+    for thread in [first, *queued]:
         thread.join(5)
-    assert sorted(outcomes) == ["counted"] * 4 + ["error"]
     assert calls == [1, 4]
-    assert counts(app)["support.pdf"] == 4
+    errors = [error for error in raised if error is not None]
+    assert len(errors) == (1 if failing == 1 else 4)
+    assert counts(app)["support.pdf"] == (4 if failing == 1 else 1)
+    # The writer raises the error itself; each one waiting for it raises a copy of its own.
+    originals = [e for e in errors if e.__cause__ is None]
+    assert len(originals) == 1
+    assert all(e.__cause__ is originals[0] for e in errors if e is not originals[0])
+    assert len({id(e) for e in errors}) == len(errors)
 
 
 def _engine(app: Flask) -> Any:
@@ -321,3 +372,24 @@ def test_participants_share_one_copy_of_the_noted_headers(app, files):
     noted = [replay_of(app).clients.get(key) for key in replay_of(app).clients]
     assert len(noted) == 3
     assert noted[0].headers is noted[1].headers is noted[2].headers
+
+
+@pytest.mark.parametrize(
+    ("environ", "found"),
+    [
+        ({}, 5),
+        ({"CONTENT_LENGTH": ""}, 5),  # what nginx's uwsgi_params send for a GET
+        ({"CONTENT_LENGTH": "0"}, 5),
+        ({"CONTENT_LENGTH": "12"}, None),
+        ({"HTTP_TRANSFER_ENCODING": "chunked"}, None),
+        ({"QUERY_STRING": "inline=1"}, None),
+        ({"HTTP_RANGE": "bytes=0-1"}, None),
+        ({"PATH_INFO": "/documents/05/x.pdf"}, None),
+        ({"PATH_INFO": "/documents/5/x.pdf/"}, None),
+        ({"PATH_INFO": "/documents/5/"}, None),
+        ({"PATH_INFO": "/documents/5/a\x00b"}, None),
+        ({"PATH_INFO": "/sessions/5/x.pdf"}, None),
+    ],
+)
+def test_which_requests_are_plain_downloads(environ, found):
+    assert download_replay.plain_download({"PATH_INFO": "/documents/5/x.pdf", **environ}) == found

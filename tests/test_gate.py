@@ -326,6 +326,15 @@ def test_leave_signs_the_participant_out(participant):
     assert not is_unlocked(participant)
 
 
+def test_a_facilitator_on_the_leave_page_signs_out_from_it(client):
+    assert login(client).status_code == 303
+    page = client.get("/leave").get_data(as_text=True)
+    assert 'action="/logout"' in page
+    response = client.post("/logout", data={"csrf_token": CSRF_PATTERN.search(page).group(1)})
+    assert response.status_code == 303
+    assert client.get("/manage").status_code == 302
+
+
 def test_the_leave_page_sends_everyone_else_to_the_gate(client):
     response = client.get("/leave")
     assert response.status_code == 302
