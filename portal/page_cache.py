@@ -216,8 +216,8 @@ def _store(key: tuple[Any, ...], response: Response) -> Entry | None:
 
 def _etag(entry: Entry) -> str:
     # The body carries this session's CSRF token: a browser may reuse it only in the same
-    # session (leaving and unlocking again starts a new one).
-    _token()
+    # session (leaving and unlocking again starts a new one). ``_answer`` has made sure the
+    # session holds one.
     mine = hashlib.sha256(str(session.get("csrf_token", "")).encode()).hexdigest()[:12]
     return f"{entry.tag}-{mine}"
 
@@ -235,8 +235,8 @@ def compressed(body: bytes) -> bytes | None:
 
 
 def _answer(key: PageKey, entry: Entry) -> Response:
-    etag = _etag(entry)
     token = _token().encode()
+    etag = _etag(entry)
     gzipped = entry.gzipped is not None and request.accept_encodings["gzip"] > 0
     if gzipped:
         etag += "-gzip"  # another representation: its own validator

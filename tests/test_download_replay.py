@@ -8,7 +8,6 @@ the answer was made, may differ, by at most a second. Each of the two counts as 
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import threading
 import time
@@ -16,16 +15,25 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
-from conftest import SHARED_PASSWORD, app_variant, login
+from conftest import app_variant, login
 from flask import Flask
 from sqlalchemy.exc import DBAPIError
-from test_replay import Answer, Visitor, flask_path, header, participant, replay_of
+from test_replay import (
+    Answer,
+    Visitor,
+    flask_path,
+    header,
+    new_password,
+    new_secret_key,
+    participant,
+    replay_of,
+    window_closed,
+)
 
 from portal import download_counts, download_replay
 from portal.download_counts import DownloadCounter
 from portal.extensions import db
-from portal.models import Document, Event
-from portal.services.accounts import set_shared_password
+from portal.models import Document
 from portal.services.documents import delete_document, replace_document
 
 TIMED = ("date", "expires")
@@ -157,35 +165,17 @@ def _replaced(app: Flask, document: Document) -> None:
         db.session.remove()
 
 
-def _new_password(app: Flask, document: Document) -> None:
-    with app.app_context():
-        set_shared_password(SHARED_PASSWORD + "-2")
-        db.session.remove()
-
-
 def _file_damaged(app: Flask, document: Document) -> None:
     storage = app.extensions["portal.storage"]
     storage.local_path(document.storage_key).write_bytes(b"%PDF")
 
 
-def _window_closed(app: Flask, document: Document) -> None:
-    with app.app_context():
-        event = db.session.get(Event, 1)
-        event.access_closes = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-        db.session.commit()
-        db.session.remove()
-
-
-def _secret_key(app: Flask, document: Document) -> None:
-    app.secret_key = "another-secret-key"
-
-
 CHANGES = {
-    "the access window closed": (_window_closed, "302", 0),
-    "the secret key changed": (_secret_key, "302", 0),
+    "the access window closed": (window_closed, "302", 0),
+    "the secret key changed": (new_secret_key, "302", 0),
     "the document deleted": (_deleted, "404", 0),
     "the document's file replaced": (_replaced, "200", 1),
-    "the shared password changed": (_new_password, "302", 0),
+    "the shared password changed": (new_password, "302", 0),
     "the stored file damaged": (_file_damaged, "503", 0),
 }
 
@@ -393,3 +383,16 @@ def test_participants_share_one_copy_of_the_noted_headers(app, files):
 )
 def test_which_requests_are_plain_downloads(environ, found):
     assert download_replay.plain_download({"PATH_INFO": "/documents/5/x.pdf", **environ}) == found
+
+
+def test_an_error_that_cannot_be_copied_still_reaches_each_waiter_as_its_own():
+    class Uncopyable(Exception):
+        def __reduce_ex__(self, protocol: Any) -> Any:
+            raise TypeError("no copy")
+
+    error = Uncopyable("disk")
+    copied = download_counts._copy_of(error)
+    assert isinstance(copied, RuntimeError) and "disk" in str(copied)
+    ordinary = DBAPIError("UPDATE", None, OSError("disk I/O error"))
+    again = download_counts._copy_of(ordinary)
+    assert type(again) is DBAPIError and again is not ordinary

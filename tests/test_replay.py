@@ -158,13 +158,13 @@ def _new_document(app: Flask, make_document: Any) -> None:
     make_document("nouveau.pdf", title="Synthèse ajoutée")
 
 
-def _new_password(app: Flask, make_document: Any) -> None:
+def new_password(app: Flask, *_: Any) -> None:
     with app.app_context():
         set_shared_password(SHARED_PASSWORD + "-2")
         db.session.remove()
 
 
-def _window_closed(app: Flask, make_document: Any) -> None:
+def window_closed(app: Flask, *_: Any) -> None:
     with app.app_context():
         event = db.session.get(Event, 1)
         event.access_closes = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
@@ -172,15 +172,15 @@ def _window_closed(app: Flask, make_document: Any) -> None:
         db.session.remove()
 
 
-def _new_secret_key(app: Flask, make_document: Any) -> None:
+def new_secret_key(app: Flask, *_: Any) -> None:
     app.secret_key = "another-secret-key"
 
 
 CHANGES = {
     "a document added": (_new_document, "200 OK"),
-    "the shared password changed": (_new_password, "302 FOUND"),
-    "the access window closed": (_window_closed, "302 FOUND"),
-    "the secret key changed": (_new_secret_key, "302 FOUND"),
+    "the shared password changed": (new_password, "302 FOUND"),
+    "the access window closed": (window_closed, "302 FOUND"),
+    "the secret key changed": (new_secret_key, "302 FOUND"),
 }
 
 
