@@ -10,6 +10,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
+from . import download_counts
 from .extensions import db
 
 
@@ -70,6 +71,13 @@ class PortalThreadWorker(ThreadWorker):
         )
         self.last_finished = time.monotonic()
         super().init_process()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            # Counts still in memory are written before the worker goes.
+            download_counts.flush_all()
 
     def stalled(self) -> bool:
         """Every thread taken, and none of them has finished a request for a while."""

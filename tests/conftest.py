@@ -190,6 +190,12 @@ def app(app_config: dict, migrated_database: Path | None, instance_dir: Path) ->
         create_facilitator(ADMIN_EMAIL, ACCOUNT_PASSWORD, name="Admin", is_admin=True)
         db.session.remove()
     yield application
+    close_app(application)
+
+
+def close_app(application: Flask) -> None:
+    """Write the app's download counts (no writer outlives its test) and close connections."""
+    application.extensions["portal.download_counts"].close()
     with application.app_context():
         db.session.remove()
         db.engine.dispose()
@@ -202,9 +208,7 @@ def fresh_app(config: dict[str, Any]) -> Iterator[Flask]:
     try:
         yield application
     finally:
-        with application.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        close_app(application)
 
 
 def app_variant(app_config: dict, **settings: Any):  # type: ignore[no-untyped-def]
@@ -333,6 +337,11 @@ def make_document(app: Flask):
             return found
 
     return make
+
+
+def flush_counts(app: Flask) -> None:
+    """Write the download counts ``app`` has not written yet (``portal.download_counts``)."""
+    app.extensions["portal.download_counts"].flush()
 
 
 def count_rows(app: Flask, model: type) -> int:

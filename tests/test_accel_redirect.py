@@ -1,7 +1,7 @@
 """Behind nginx, ``PORTAL_ACCEL_REDIRECT`` lets nginx send the bytes of a download."""
 
 import pytest
-from conftest import unlock
+from conftest import flush_counts, unlock
 
 from portal import create_app
 from portal.config import SettingsError, load_settings
@@ -28,6 +28,7 @@ def test_download_hands_the_file_to_nginx(accel_client, make_document):
     assert "filename*=UTF-8''%C3%A9t%C3%A9%202020.pdf" in disposition
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "sandbox" in response.headers["Content-Security-Policy"]
+    flush_counts(application)
     with application.app_context():
         from portal.extensions import db
 

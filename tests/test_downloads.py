@@ -10,7 +10,14 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from conftest import JPEG_BYTES, PDF_BYTES, PNG_BYTES, app_variant, count_rows
+from conftest import (
+    JPEG_BYTES,
+    PDF_BYTES,
+    PNG_BYTES,
+    app_variant,
+    count_rows,
+    flush_counts,
+)
 
 import portal
 from portal.extensions import db
@@ -36,6 +43,7 @@ def fetch(client, url: str, **kwargs):
 
 
 def download_count(app, document: Document) -> int:
+    flush_counts(app)
     with app.app_context():
         value = db.session.get(Document, document.id).download_count
         db.session.remove()

@@ -217,6 +217,36 @@ def test_each_document_asked_again_and_again_keeps_its_own_bytes(participant):
             assert "Set-Cookie" not in reply.headers, name
 
 
+def admin_browser(live: Live) -> Browser:
+    browser = live.browser()
+    token = browser.csrf("/login")
+    form = {"email": live.admin_email, "password": live.admin_password, "csrf_token": token}
+    assert browser.post("/login", form).status == 303
+    return browser
+
+
+def downloads_in_all(admin: Browser) -> int:
+    found = re.search(r"(\d+) downloads? in all", admin.get("/manage/").text)
+    assert found is not None
+    return int(found.group(1))
+
+
+def test_the_dashboard_counts_downloads_another_process_sent(live, participant):
+    """Each process writes its counts a moment after the downloads (portal.download_counts);
+    the dashboard, served by another `portal run` on the same instance, shows them."""
+    live.second.wait_ready()
+    admin = admin_browser(live)
+    before = downloads_in_all(admin)
+    link = next(iter(document_links(participant.get("/").text).values()))
+    elsewhere = Browser(live.second.port, cookies=dict(participant.cookies))
+    for _ in range(8):
+        assert elsewhere.get(link).status == 200
+    deadline = time.monotonic() + 2
+    while downloads_in_all(admin) != before + 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert downloads_in_all(admin) == before + 8
+
+
 def test_session_zip_is_a_valid_archive_of_its_documents(participant):
     programme = participant.get("/").text
     first = session_slugs(programme)[0]

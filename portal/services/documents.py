@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import FileStorage
 
 from ..extensions import db
@@ -194,8 +195,16 @@ def _forget_file(key: str) -> None:
 
 def count_download(document_id: int) -> None:
     """Count a download sent by the current request (``portal.download_counts``)."""
-    # The request's own connection goes back to the pool first: a thread holding one while
-    # it waits for the batch's writer, who waits for the pool, deadlocks once every pooled
-    # connection is taken.
-    db.session.commit()
     current_app.extensions["portal.download_counts"].add(db.engine, document_id)
+
+
+def write_download_counts() -> None:
+    """Write this process's counts not written yet, before a page shows counts.
+
+    Other processes write theirs within ``download_counts.DELAY``. Should the database
+    refuse, the page shows the counts already written and the writer tries again.
+    """
+    try:
+        current_app.extensions["portal.download_counts"].flush()
+    except SQLAlchemyError:
+        current_app.logger.warning("download counts not written yet", exc_info=True)

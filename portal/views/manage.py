@@ -20,6 +20,7 @@ from ..services.documents import (
     delete_document,
     replace_document,
     update_document,
+    write_download_counts,
 )
 from ..services.event import EventError, delete_meeting, save_meeting
 from ..timezones import local_naive, to_utc
@@ -40,6 +41,7 @@ def _chosen_meeting(value: str | None) -> Meeting | None:
 @facilitator_required
 def index() -> ResponseReturnValue:
     """Show the sessions, every document with its download count, and the recent uploads."""
+    write_download_counts()
     documents = db.session.scalars(
         db.select(Document)
         .options(selectinload(Document.tags), selectinload(Document.meeting))
@@ -98,6 +100,7 @@ def upload() -> ResponseReturnValue:
 @facilitator_required
 def edit_document(document_id: int) -> ResponseReturnValue:
     """Change a document's title, description, session and tags."""
+    write_download_counts()
     document = db.get_or_404(Document, document_id)
     form = DocumentForm(obj=None if request.method == "POST" else document)
     form.session.choices = session_choices(_meetings(), _("General documents"))

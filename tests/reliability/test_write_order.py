@@ -28,6 +28,7 @@ from conftest import (
     TEST_DATABASE_URL,
     count_rows,
     csrf_token,
+    flush_counts,
     stored_files,
 )
 from sqlalchemy import event, text
@@ -354,6 +355,7 @@ def test_downloads_are_counted_and_leave_every_connection_durable(app, participa
         response.close()
         assert response.status_code == 200
     durable = "full" if not TEST_DATABASE_URL else "on"
+    flush_counts(app)
     with app.app_context():
         assert db.session.get(Document, document.id).download_count == 5
         db.session.remove()
