@@ -9,11 +9,11 @@ without any count, on one core).
 
 What this gives up, knowingly: a count reaches the database up to ``DELAY`` after its
 download (the dashboard writes its own process's tally first, so a facilitator's page
-after their own download shows it), and counts not yet written when a process is killed
-without warning are lost. A process that stops normally writes its tally first
-(``portal.server``, and ``atexit`` under any other server). A write that fails (database
-down) keeps the tally and tries again every ``RETRY`` seconds: downloads never fail for a
-statistic.
+after their own download shows it when the same process served both; another process's
+within about ``DELAY``), and counts not yet written when a process is killed without
+warning are lost. A process that stops normally writes its tally first (``portal.server``,
+and ``atexit`` under any other server). A write that fails (database down) keeps the tally
+in memory and tries again every ``RETRY`` seconds: downloads never fail for a statistic.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ class DownloadCounter:
         _counters.add(self)
 
     def _start(self) -> None:
-        self._pid = os.getpid()
         self._lock = threading.Lock()
         #: One write at a time, whether the writer's or ``flush``'s.
         self._writing = threading.Lock()
@@ -74,24 +73,23 @@ class DownloadCounter:
 
     def add(self, engine: Engine, document_id: int) -> None:
         """Count one download of ``document_id``: written within ``delay`` seconds."""
-        if self._pid != os.getpid():
-            # A forked process starts with no tally of its own and no writer thread.
-            self._start()
         with self._lock:
             self._tally[document_id] += 1
             self._engine = engine
-            if self._writer is None:
-                writer = threading.Thread(
-                    target=self._write_behind, name="download-counts", daemon=True
-                )
-                try:
-                    writer.start()
-                except RuntimeError:
-                    # No thread to be had now: the count waits for the next download's
-                    # writer, the dashboard or the exit.
-                    logger.warning("no thread to write download counts", exc_info=True)
-                    return
-                self._writer = writer
+            self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        """Start the writer thread unless it runs (the caller holds ``_lock``)."""
+        if self._writer is not None:
+            return
+        writer = threading.Thread(target=self._write_behind, name="download-counts", daemon=True)
+        try:
+            writer.start()
+        except Exception:  # noqa: BLE001 - never fail a download for its count
+            # The counts wait for the next download's writer, the dashboard or the exit.
+            logger.warning("no thread to write download counts", exc_info=True)
+            return
+        self._writer = writer
 
     def pending(self) -> int:
         """Downloads counted and not written yet."""
@@ -111,6 +109,8 @@ class DownloadCounter:
             except BaseException:
                 with self._lock:
                     self._tally.update(tally)
+                    # The writer may have gone meanwhile: someone must try again.
+                    self._ensure_writer()
                 raise
 
     def close(self) -> None:
@@ -119,35 +119,57 @@ class DownloadCounter:
         try:
             self.flush()
         except Exception:  # noqa: BLE001 - nothing more can be done for them
-            logger.error("%d download counts lost", self.pending(), exc_info=True)
-        with self._lock:
-            self._tally.clear()
+            with self._lock:
+                lost = sum(self._tally.values())
+                self._tally.clear()
+            logger.error("%d download counts lost", lost, exc_info=True)
 
     def _write_behind(self) -> None:
-        wait = self.delay
-        while True:
-            time.sleep(wait)
-            try:
-                self.flush()
-                wait = self.delay
-            except Exception:  # noqa: BLE001 - the database may come back: try again
-                logger.warning("download counts not written yet, retrying", exc_info=True)
-                wait = self.retry
+        wait, failing = self.delay, False
+        try:
+            while True:
+                time.sleep(wait)
+                try:
+                    self.flush()
+                except Exception:  # noqa: BLE001 - the database may come back: try again
+                    if not failing:
+                        logger.warning(
+                            "download counts not written yet; trying again every %s s",
+                            self.retry,
+                            exc_info=True,
+                        )
+                    wait, failing = self.retry, True
+                else:
+                    if failing:
+                        logger.info("download counts written again")
+                    wait, failing = self.delay, False
+                with self._lock:
+                    if not self._tally:
+                        # The next add starts a writer again.
+                        self._writer = None
+                        return
+        finally:
+            # Whatever ended this thread, the next add must be able to start another.
             with self._lock:
-                if not self._tally:
-                    # The next add starts a writer again.
+                if self._writer is threading.current_thread():
                     self._writer = None
-                    return
 
 
 def flush_all() -> None:
     """Close this process's counters (a process that stops)."""
     for counter in list(_counters):
-        if counter._pid == os.getpid():
-            counter.close()
+        counter.close()
+
+
+def _after_fork() -> None:
+    # A forked process (a gunicorn worker) has no writer thread, and its parent's tally
+    # and locks are not its own: it starts afresh.
+    for counter in list(_counters):
+        counter._start()
 
 
 atexit.register(flush_all)
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _write(engine: Engine, counts: Counter[int]) -> None:

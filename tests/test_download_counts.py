@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -127,22 +128,27 @@ def test_counts_added_during_a_write_go_in_the_next_one(app, document, monkeypat
 
 def test_a_failed_write_keeps_the_counts_and_is_tried_again(app, document, monkeypatch, caplog):
     real_write = download_counts._write
-    attempts: list[int] = []
+    attempts: list[tuple[float, int]] = []
 
     def fails_twice(engine: Any, counts: Any) -> None:
-        attempts.append(sum(counts.values()))
+        attempts.append((time.monotonic(), sum(counts.values())))
         if len(attempts) <= 2:
             refused(engine, counts)
         real_write(engine, counts)
 
     monkeypatch.setattr(download_counts, "_write", fails_twice)
-    counter = DownloadCounter(delay=0.01, retry=0.05)
-    with caplog.at_level(logging.WARNING, logger="portal.download_counts"):
+    counter = DownloadCounter(delay=0.01, retry=0.3)
+    with caplog.at_level(logging.INFO, logger="portal.download_counts"):
         for _ in range(3):
             counter.add(engine_of(app), document.id)
         assert wait_until(lambda: written(app, document.id) == 3)
-    assert len(attempts) == 3 and attempts[-1] == 3
-    assert "download counts not written yet" in caplog.text
+    assert [n for _, n in attempts] == [3, 3, 3]
+    # Tried again after ``retry``, not after ``delay``.
+    assert all(b - a >= 0.25 for (a, _), (b, _) in zip(attempts, attempts[1:], strict=False))
+    # One warning with its traceback while it fails, one line when it is written again.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].exc_info
+    assert "download counts written again" in caplog.text
 
 
 def test_flush_raises_the_error_and_keeps_the_counts(app, document, monkeypatch):
@@ -158,29 +164,38 @@ def test_flush_raises_the_error_and_keeps_the_counts(app, document, monkeypatch)
     assert written(app, document.id) == 1
 
 
-def test_flush_all_writes_this_process_counters_only(app, make_document, monkeypatch):
-    ours, forked = make_document("a.pdf").id, make_document("b.pdf").id
-    mine, inherited = DownloadCounter(delay=60), DownloadCounter(delay=60)
-    mine.add(engine_of(app), ours)
-    inherited.add(engine_of(app), forked)
-    # A counter created before a fork: its tally belongs to the parent, which writes it.
-    monkeypatch.setattr(inherited, "_pid", -1)
+def test_flush_all_writes_every_counter(app, make_document):
+    first, second = make_document("a.pdf").id, make_document("b.pdf").id
+    counters = DownloadCounter(delay=60), DownloadCounter(delay=60)
+    counters[0].add(engine_of(app), first)
+    counters[1].add(engine_of(app), second)
     download_counts.flush_all()
-    assert (written(app, ours), written(app, forked)) == (1, 0)
-    monkeypatch.undo()
-    inherited.close()  # no writer outlives the test
+    assert (written(app, first), written(app, second)) == (1, 1)
 
 
-def test_a_forked_process_counts_afresh(app, document, monkeypatch):
+def test_a_forked_process_counts_afresh(app, document):
+    """A gunicorn worker is forked from the master: the parent's tally stays the parent's."""
     counter = DownloadCounter(delay=60)
-    counter.add(engine_of(app), document.id)
-    counter.add(engine_of(app), document.id)
-    real_pid = download_counts.os.getpid()
-    monkeypatch.setattr(download_counts.os, "getpid", lambda: real_pid + 1)
-    counter.add(engine_of(app), document.id)
-    assert counter.pending() == 1
+    engine = engine_of(app)
+    counter.add(engine, document.id)
+    counter.add(engine, document.id)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit status
+        status = 1
+        try:
+            engine.dispose(close=False)  # the parent's pooled connections are not ours
+            if counter.pending() == 0 and counter._writer is None:
+                counter.add(engine, document.id)
+                counter.flush()
+                status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert written(app, document.id) == 1  # the child's one download
+    assert counter.pending() == 2
     counter.flush()
-    assert written(app, document.id) == 1
+    assert written(app, document.id) == 3
 
 
 def test_a_process_that_exits_normally_writes_its_counts(app, document):
@@ -231,5 +246,36 @@ def test_a_writer_that_cannot_start_leaves_the_count_to_the_next_one(app, docume
     counter.add(engine_of(app), document.id)  # the download itself goes on
     assert counter.pending() == 1 and counter._writer is None
     monkeypatch.setattr(threading.Thread, "start", real_start)
+    counter.add(engine_of(app), document.id)
+    assert wait_until(lambda: written(app, document.id) == 2)
+
+
+def test_a_failed_flush_with_no_writer_left_starts_one(app, document, monkeypatch):
+    counter = DownloadCounter(delay=0.01, retry=0.05)
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (_ for _ in ()).throw(RuntimeError))
+    counter.add(engine_of(app), document.id)  # no writer
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    monkeypatch.setattr(download_counts, "_write", refused)
+    with pytest.raises(DBAPIError):
+        counter.flush()  # the dashboard's, say
+    assert counter._writer is not None
+    monkeypatch.undo()
+    assert wait_until(lambda: written(app, document.id) == 1)
+
+
+# The writer is killed on purpose here: pytest reports any exception ending a thread.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_that_dies_is_replaced_by_the_next_download(app, document, monkeypatch):
+    counter = DownloadCounter(delay=0.01)
+    real_flush = counter.flush
+
+    def dies() -> None:
+        raise SystemExit  # ends the thread, as an unexpected BaseException would
+
+    monkeypatch.setattr(counter, "flush", dies)
+    counter.add(engine_of(app), document.id)
+    assert wait_until(lambda: counter._writer is None)
+    monkeypatch.setattr(counter, "flush", real_flush)
     counter.add(engine_of(app), document.id)
     assert wait_until(lambda: written(app, document.id) == 2)

@@ -225,9 +225,11 @@ def admin_browser(live: Live) -> Browser:
     return browser
 
 
-def downloads_in_all(admin: Browser) -> int:
-    found = re.search(r"(\d+) downloads? in all", admin.get("/manage/").text)
-    assert found is not None
+def dashboard_count(admin: Browser, link: str) -> int:
+    """The download count the dashboard shows for the document at ``link``."""
+    page = admin.get("/manage/").text
+    found = re.search(re.escape(f'href="{link}"') + r'.*?<td class="num">(\d+)</td>', page, re.S)
+    assert found is not None, link
     return int(found.group(1))
 
 
@@ -236,15 +238,16 @@ def test_the_dashboard_counts_downloads_another_process_sent(live, participant):
     the dashboard, served by another `portal run` on the same instance, shows them."""
     live.second.wait_ready()
     admin = admin_browser(live)
-    before = downloads_in_all(admin)
     link = next(iter(document_links(participant.get("/").text).values()))
+    before = dashboard_count(admin, link)
     elsewhere = Browser(live.second.port, cookies=dict(participant.cookies))
     for _ in range(8):
         assert elsewhere.get(link).status == 200
-    deadline = time.monotonic() + 2
-    while downloads_in_all(admin) != before + 8 and time.monotonic() < deadline:
+    # Well beyond the writer's delay: a loaded machine may be slow to schedule it.
+    deadline = time.monotonic() + 10
+    while dashboard_count(admin, link) != before + 8 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert downloads_in_all(admin) == before + 8
+    assert dashboard_count(admin, link) == before + 8
 
 
 def test_session_zip_is_a_valid_archive_of_its_documents(participant):

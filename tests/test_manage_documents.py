@@ -383,8 +383,9 @@ def test_dashboard_shows_counts_its_process_has_not_written_yet(app, manager, ma
     for _ in range(2):
         assert download(participant, counted.id)[0] == 200
     assert dashboard_counts(manager.get("/manage/").text) == {"Souvent lu": "2"}
+    assert download(participant, counted.id)[0] == 200
     page = manager.get(f"/manage/documents/{counted.id}/edit").text
-    assert "2 downloads" in page
+    assert "3 downloads" in page
 
 
 def test_dashboard_shows_written_counts_when_the_others_cannot_be_written(
