@@ -42,6 +42,9 @@ CACHE_CONTROL = "private, no-cache"
 GZIP_FROM = 1400
 #: The view's own headers worth replaying; the others (length, cookies) belong to one answer.
 KEPT_HEADERS = frozenset({"content-type", "content-security-policy"})
+#: How long a request waits for another one's rendering of the same page before it
+#: renders the page itself (seconds).
+RENDER_WAIT = 10.0
 
 
 #: Where ``_answer`` says, in the WSGI environ, which cached page it answered with.
@@ -78,6 +81,8 @@ class PageCache:
         self._entries: OrderedDict[tuple[Any, ...], Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        #: Pages being rendered, each with the event set once its rendering is over.
+        self._rendering: dict[tuple[Any, ...], threading.Event] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -107,6 +112,22 @@ class PageCache:
             self._bytes += entry.size
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 self._drop(next(iter(self._entries)))
+
+    def claim(self, key: tuple[Any, ...]) -> tuple[bool, threading.Event]:
+        """Whether the caller is the one to render the page under ``key``, and the event
+        set once that rendering is over (``release``)."""
+        with self._lock:
+            done = self._rendering.get(key)
+            if done is not None:
+                return False, done
+            done = self._rendering[key] = threading.Event()
+            return True, done
+
+    def release(self, key: tuple[Any, ...], done: threading.Event) -> None:
+        with self._lock:
+            if self._rendering.get(key) is done:
+                del self._rendering[key]
+        done.set()
 
     def clear(self) -> None:
         with self._lock:
@@ -271,15 +292,27 @@ def cached_page(canonical: Callable[[], bool] = lambda: not request.args) -> Cal
             key = _key(canonical)
             if key is None:
                 return view(*args, **kwargs)
-            now = dt.datetime.now(dt.UTC)
-            entry = cache().get(key, now)
-            if entry is None:
+            pages = cache()
+            entry = pages.get(key, dt.datetime.now(dt.UTC))
+            if entry is not None:
+                return _answer(key, entry)
+            # One request renders a missing page; the others asking for it meanwhile wait
+            # for that page instead of rendering it too. When a session starts, or after
+            # an upload, dozens ask at once: each rendering it made everyone wait for all.
+            first, done = pages.claim(key)
+            if not first:
+                done.wait(RENDER_WAIT)
+                entry = pages.get(key, dt.datetime.now(dt.UTC))
+                if entry is not None:
+                    return _answer(key, entry)
+            try:
                 g.pop("page_window", None)
                 response = make_response(view(*args, **kwargs))
                 entry = _store(key, response)
-                if entry is None:
-                    return response
-            return _answer(key, entry)
+            finally:
+                if first:
+                    pages.release(key, done)
+            return response if entry is None else _answer(key, entry)
 
         return wrapped  # type: ignore[return-value]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
+import threading
 import time
 
 import pytest
@@ -560,3 +561,88 @@ def test_a_short_page_is_sent_as_it_is(app):
     assert page_cache.compressed(b"<p>court</p>") is None
     assert page_cache.compressed(b"x" * 5000) is not None
     assert page_cache.compressed(b"x" * 5000 + page_cache.PLACEHOLDER) is None
+
+
+# --- one rendering for many requests ---------------------------------------------------------
+
+SLOW_PAGE = "/test-only/slow-page"
+
+
+@pytest.fixture
+def slow_page(app, app_config):
+    """An app with one more cached participant page, slow to render, that counts its
+    renderings; ``fail`` makes the next rendering raise once it is released."""
+    from portal.access import unlocked_required
+    from portal.page_cache import cached_page, window
+
+    state = {"renders": 0, "fail": False, "release": threading.Event()}
+    state["release"].set()
+
+    def slow() -> str:
+        state["renders"] += 1
+        window([], dt.datetime.now(dt.UTC))
+        if not state["release"].wait(5):
+            raise AssertionError("never released")
+        if state["fail"]:
+            state["fail"] = False
+            raise RuntimeError("rendering failed")
+        time.sleep(0.05)
+        return "<p>slow</p>" * 200
+
+    with app_variant(app_config, PROPAGATE_EXCEPTIONS=False) as application:
+        application.add_url_rule(SLOW_PAGE, "slow_page", unlocked_required(cached_page()(slow)))
+        yield application, state
+
+
+def ask_at_once(application: Flask, clients: list) -> list:
+    """Each client asks for the slow page, all at once; their statuses and bodies."""
+    answers: list = [None] * len(clients)
+
+    def ask(i: int) -> None:
+        response = clients[i].get(SLOW_PAGE)
+        answers[i] = (response.status_code, response.data)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    return answers
+
+
+def test_requests_at_once_for_a_missing_page_render_it_once(slow_page):
+    application, state = slow_page
+    clients = [new_participant(application) for _ in range(6)]
+    state["release"].clear()
+    threading.Timer(0.3, state["release"].set).start()  # the others queue meanwhile
+    answers = ask_at_once(application, clients)
+    assert state["renders"] == 1
+    assert {status for status, _ in answers} == {200}
+    assert len({body for _, body in answers}) == 1
+
+
+def test_when_the_rendering_fails_the_waiting_requests_render_the_page_themselves(slow_page):
+    application, state = slow_page
+    clients = [new_participant(application) for _ in range(4)]
+    state["release"].clear()
+    state["fail"] = True
+    threading.Timer(0.3, state["release"].set).start()
+    answers = ask_at_once(application, clients)
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200, 200, 200, 500]
+    # The first rendering failed: at least one more was needed, and the page is cached now.
+    assert 2 <= state["renders"] <= 4
+    renders = state["renders"]
+    assert clients[0].get(SLOW_PAGE).status_code == 200
+    assert state["renders"] == renders
+
+
+def test_a_request_waits_for_another_rendering_only_so_long(slow_page, monkeypatch):
+    application, state = slow_page
+    monkeypatch.setattr(page_cache, "RENDER_WAIT", 0.05)
+    clients = [new_participant(application) for _ in range(2)]
+    state["release"].clear()
+    threading.Timer(0.5, state["release"].set).start()
+    answers = ask_at_once(application, clients)
+    assert [status for status, _ in answers] == [200, 200]
+    assert state["renders"] == 2
