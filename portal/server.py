@@ -12,6 +12,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from . import download_counts
 from .extensions import db
+from .warmup import warm_up
 
 
 class PortalServer(BaseApplication):
@@ -125,6 +126,7 @@ class PortalThreadWorker(ThreadWorker):
 
 def serve(app: Flask, *, host: str, port: int, workers: int, threads: int) -> None:
     """Run gunicorn until it is stopped."""
+    warm_up(app)
     # Connections opened by the master must not be shared with forked workers.
     db.engine.dispose()
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
