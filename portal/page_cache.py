@@ -44,7 +44,7 @@ GZIP_FROM = 1400
 KEPT_HEADERS = frozenset({"content-type", "content-security-policy"})
 #: How long a request waits for another one's rendering of the same page before it
 #: renders the page itself (seconds).
-RENDER_WAIT = 10.0
+RENDER_WAIT = 2.0
 
 
 #: Where ``_answer`` says, in the WSGI environ, which cached page it answered with.
@@ -81,8 +81,8 @@ class PageCache:
         self._entries: OrderedDict[tuple[Any, ...], Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        #: Pages being rendered, each with the event set once its rendering is over.
-        self._rendering: dict[tuple[Any, ...], threading.Event] = {}
+        #: Pages being rendered: the rendering thread, and the event set once it is over.
+        self._rendering: dict[tuple[Any, ...], tuple[int, threading.Event]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -102,9 +102,10 @@ class PageCache:
             self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: tuple[Any, ...], entry: Entry) -> None:
+    def put(self, key: tuple[Any, ...], entry: Entry) -> bool:
+        """Keep ``entry`` under ``key``; False if it is too big to keep."""
         if entry.size > self.max_bytes // 8:
-            return
+            return False
         with self._lock:
             if key in self._entries:
                 self._drop(key)
@@ -112,22 +113,33 @@ class PageCache:
             self._bytes += entry.size
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 self._drop(next(iter(self._entries)))
+        return True
 
-    def claim(self, key: tuple[Any, ...]) -> tuple[bool, threading.Event]:
+    def claim(self, key: tuple[Any, ...]) -> tuple[bool, threading.Event | None]:
         """Whether the caller is the one to render the page under ``key``, and the event
-        set once that rendering is over (``release``)."""
+        set once that rendering is over (``release``); no event to wait for when this
+        thread is rendering it already."""
+        me = threading.get_ident()
         with self._lock:
-            done = self._rendering.get(key)
-            if done is not None:
-                return False, done
-            done = self._rendering[key] = threading.Event()
+            found = self._rendering.get(key)
+            if found is not None:
+                owner, done = found
+                return False, None if owner == me else done
+            done = threading.Event()
+            self._rendering[key] = (me, done)
             return True, done
 
     def release(self, key: tuple[Any, ...], done: threading.Event) -> None:
         with self._lock:
-            if self._rendering.get(key) is done:
+            found = self._rendering.get(key)
+            if found is not None and found[1] is done:
                 del self._rendering[key]
         done.set()
+
+    def rendering(self) -> int:
+        """Pages being rendered now."""
+        with self._lock:
+            return len(self._rendering)
 
     def clear(self) -> None:
         with self._lock:
@@ -231,8 +243,7 @@ def _store(key: tuple[Any, ...], response: Response) -> Entry | None:
     digest = hashlib.sha256(repr((key, span)).encode()).hexdigest()[:20]
     headers = tuple((k, v) for k, v in response.headers.items() if k.lower() in KEPT_HEADERS)
     entry = Entry(body, headers, span[1], digest, compressed(body))
-    cache().put(key, entry)
-    return entry
+    return entry if cache().put(key, entry) else None
 
 
 def _etag(entry: Entry) -> str:
@@ -300,7 +311,7 @@ def cached_page(canonical: Callable[[], bool] = lambda: not request.args) -> Cal
             # for that page instead of rendering it too. When a session starts, or after
             # an upload, dozens ask at once: each rendering it made everyone wait for all.
             first, done = pages.claim(key)
-            if not first:
+            if not first and done is not None:
                 done.wait(RENDER_WAIT)
                 entry = pages.get(key, dt.datetime.now(dt.UTC))
                 if entry is not None:
@@ -310,7 +321,7 @@ def cached_page(canonical: Callable[[], bool] = lambda: not request.args) -> Cal
                 response = make_response(view(*args, **kwargs))
                 entry = _store(key, response)
             finally:
-                if first:
+                if first and done is not None:
                     pages.release(key, done)
             return response if entry is None else _answer(key, entry)
 

@@ -569,34 +569,45 @@ SLOW_PAGE = "/test-only/slow-page"
 
 
 @pytest.fixture
-def slow_page(app, app_config):
-    """An app with one more cached participant page, slow to render, that counts its
-    renderings; ``fail`` makes the next rendering raise once it is released."""
+def slow_page(app, app_config, monkeypatch):
+    """An app with one more cached participant page that counts its renderings. Each
+    rendering waits for ``release``; ``fail`` makes the next one raise. ``waiting`` counts
+    the requests that found the page being rendered by another."""
     from portal.access import unlocked_required
     from portal.page_cache import cached_page, window
 
-    state = {"renders": 0, "fail": False, "release": threading.Event()}
+    state = {"renders": 0, "fail": False, "release": threading.Event(), "waiting": 0}
     state["release"].set()
 
     def slow() -> str:
         state["renders"] += 1
         window([], dt.datetime.now(dt.UTC))
-        if not state["release"].wait(5):
+        if not state["release"].wait(10):
             raise AssertionError("never released")
         if state["fail"]:
             state["fail"] = False
             raise RuntimeError("rendering failed")
-        time.sleep(0.05)
         return "<p>slow</p>" * 200
 
+    real_claim = PageCache.claim
+
+    def counted_claim(self, key):
+        first, done = real_claim(self, key)
+        if not first:
+            state["waiting"] += 1
+        return first, done
+
+    monkeypatch.setattr(PageCache, "claim", counted_claim)
     with app_variant(app_config, PROPAGATE_EXCEPTIONS=False) as application:
         application.add_url_rule(SLOW_PAGE, "slow_page", unlocked_required(cached_page()(slow)))
         yield application, state
 
 
-def ask_at_once(application: Flask, clients: list) -> list:
-    """Each client asks for the slow page, all at once; their statuses and bodies."""
+def ask_at_once(application: Flask, state: dict, clients: list) -> list:
+    """Each client asks for the slow page at once; the rendering is released only when all
+    but the first are waiting for it. Their statuses and bodies."""
     answers: list = [None] * len(clients)
+    state["release"].clear()
 
     def ask(i: int) -> None:
         response = clients[i].get(SLOW_PAGE)
@@ -605,35 +616,41 @@ def ask_at_once(application: Flask, clients: list) -> list:
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(clients))]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 10
+    while state["waiting"] < len(clients) - 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert state["waiting"] == len(clients) - 1
+    state["release"].set()
     for thread in threads:
         thread.join(20)
+    assert application.extensions["portal.page_cache"].rendering() == 0
     return answers
 
 
 def test_requests_at_once_for_a_missing_page_render_it_once(slow_page):
     application, state = slow_page
     clients = [new_participant(application) for _ in range(6)]
-    state["release"].clear()
-    threading.Timer(0.3, state["release"].set).start()  # the others queue meanwhile
-    answers = ask_at_once(application, clients)
+    answers = ask_at_once(application, state, clients)
     assert state["renders"] == 1
     assert {status for status, _ in answers} == {200}
     assert len({body for _, body in answers}) == 1
 
 
-def test_when_the_rendering_fails_the_waiting_requests_render_the_page_themselves(slow_page):
+def test_when_the_rendering_fails_the_waiting_requests_render_the_page_themselves(
+    slow_page, monkeypatch
+):
     application, state = slow_page
+    # Longer than the test may take: the waiters must be woken by the failed rendering.
+    monkeypatch.setattr(page_cache, "RENDER_WAIT", 60)
     clients = [new_participant(application) for _ in range(4)]
-    state["release"].clear()
     state["fail"] = True
-    threading.Timer(0.3, state["release"].set).start()
-    answers = ask_at_once(application, clients)
-    statuses = sorted(status for status, _ in answers)
-    assert statuses == [200, 200, 200, 500]
-    # The first rendering failed: at least one more was needed, and the page is cached now.
-    assert 2 <= state["renders"] <= 4
+    started = time.monotonic()
+    answers = ask_at_once(application, state, clients)
+    assert time.monotonic() - started < 30
+    assert sorted(status for status, _ in answers) == [200, 200, 200, 500]
+    assert state["renders"] >= 2
     renders = state["renders"]
-    assert clients[0].get(SLOW_PAGE).status_code == 200
+    assert clients[0].get(SLOW_PAGE).status_code == 200  # cached now
     assert state["renders"] == renders
 
 
@@ -642,7 +659,41 @@ def test_a_request_waits_for_another_rendering_only_so_long(slow_page, monkeypat
     monkeypatch.setattr(page_cache, "RENDER_WAIT", 0.05)
     clients = [new_participant(application) for _ in range(2)]
     state["release"].clear()
-    threading.Timer(0.5, state["release"].set).start()
-    answers = ask_at_once(application, clients)
-    assert [status for status, _ in answers] == [200, 200]
-    assert state["renders"] == 2
+    answers: list = []
+    first = threading.Thread(target=lambda: answers.append(clients[0].get(SLOW_PAGE).status_code))
+    first.start()
+    deadline = time.monotonic() + 10
+    while state["renders"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    # The first rendering is held: the second request waits 0.05 s, then renders too.
+    second = threading.Thread(target=lambda: answers.append(clients[1].get(SLOW_PAGE).status_code))
+    second.start()
+    while state["renders"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert state["renders"] == 2 and state["waiting"] == 1
+    state["release"].set()
+    first.join(20)
+    second.join(20)
+    assert answers == [200, 200]
+
+
+def test_a_page_too_big_to_keep_is_not_waited_for_as_if_it_were(app):
+    pages = PageCache(max_entries=4, max_bytes=800)
+    entry = Entry(b"x" * 200, (), None, "tag")
+    assert pages.put(("big",), entry) is False
+    assert pages.get(("big",), dt.datetime.now(dt.UTC)) is None
+    assert pages.put(("small",), Entry(b"x" * 50, (), None, "tag")) is True
+
+
+def test_a_thread_rendering_a_page_does_not_wait_for_itself():
+    pages = PageCache()
+    first, done = pages.claim(("page",))
+    assert first and done is not None
+    assert pages.claim(("page",)) == (False, None)
+    waited: list = []
+    other = threading.Thread(target=lambda: waited.append(pages.claim(("page",))))
+    other.start()
+    other.join(5)
+    assert waited == [(False, done)]
+    pages.release(("page",), done)
+    assert done.is_set() and pages.rendering() == 0
