@@ -151,6 +151,19 @@ def test_a_failed_write_keeps_the_counts_and_is_tried_again(app, document, monke
     assert "download counts written again" in caplog.text
 
 
+def test_a_count_for_a_document_deleted_meanwhile_is_dropped_without_error(app, make_document):
+    kept, deleted = make_document("a.pdf"), make_document("b.pdf")
+    counter = DownloadCounter(delay=60)
+    counter.add(engine_of(app), kept.id)
+    counter.add(engine_of(app), deleted.id)
+    with app.app_context():
+        db.session.delete(db.session.get(Document, deleted.id))
+        db.session.commit()
+    counter.flush()
+    assert counter.pending() == 0
+    assert written(app, kept.id) == 1
+
+
 def test_flush_raises_the_error_and_keeps_the_counts(app, document, monkeypatch):
     counter = DownloadCounter(delay=60)
     counter.add(engine_of(app), document.id)

@@ -677,12 +677,34 @@ def test_a_request_waits_for_another_rendering_only_so_long(slow_page, monkeypat
     assert answers == [200, 200]
 
 
-def test_a_page_too_big_to_keep_is_not_waited_for_as_if_it_were(app):
+def test_put_says_whether_it_kept_the_entry():
     pages = PageCache(max_entries=4, max_bytes=800)
     entry = Entry(b"x" * 200, (), None, "tag")
     assert pages.put(("big",), entry) is False
     assert pages.get(("big",), dt.datetime.now(dt.UTC)) is None
     assert pages.put(("small",), Entry(b"x" * 50, (), None, "tag")) is True
+
+
+def test_a_page_too_big_to_keep_is_rendered_by_each_request(app, app_config):
+    from portal.access import unlocked_required
+    from portal.page_cache import cached_page, window
+
+    renders: list[int] = []
+
+    def big() -> str:
+        renders.append(1)
+        window([], dt.datetime.now(dt.UTC))
+        return "<p>big</p>" * 200  # 2 KB: more than an eighth of the cache
+
+    with app_variant(app_config, PAGE_CACHE_BYTES=8000) as application:
+        application.add_url_rule(SLOW_PAGE, "big_page", unlocked_required(cached_page()(big)))
+        reader = new_participant(application)
+        answers = [reader.get(SLOW_PAGE) for _ in range(2)]
+        pages = application.extensions["portal.page_cache"]
+        assert [a.status_code for a in answers] == [200, 200]
+        assert len(renders) == 2 and len(pages) == 0 and pages.rendering() == 0
+        # Not answered as a cached page: no validator that a revalidation could match.
+        assert all("ETag" not in a.headers for a in answers)
 
 
 def test_a_thread_rendering_a_page_does_not_wait_for_itself():
